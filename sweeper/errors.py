@@ -1,0 +1,140 @@
+"""Every exception sweeper raises on purpose.
+
+The tree::
+
+    SweeperError                    base; the CLI catches this and nothing broader
+    ├── ConfigError                 bad TOML, unknown key, bad value, missing token  -> exit 2
+    │   └── MatrixError             empty axis, unknown parameter, colliding outputs -> exit 2
+    ├── ApiError                    talking to the API failed (after any retries)
+    │   ├── ApiConnectionError      never reached the server: connect error/timeout  [NOT_SENT]
+    │   ├── ApiInDoubtError         may have been processed: read timeout, dropped
+    │   │                           connection, 500/502/504                          [IN_DOUBT]
+    │   ├── RateLimitedError        429 or 503: refused before processing            [REJECTED]
+    │   ├── ApiRejectedError        400/404/409/415/422: processed and refused       [PERMANENT]
+    │   ├── AuthError               401/403                                          [AUTH]
+    │   └── ApiResponseError        2xx whose body is not what the API documents     [PERMANENT]
+    ├── LedgerError                 unreadable ledger, other sweep, bad schema       -> exit 1
+    │   └── LedgerLockedError       another sweeper holds the ledger                 -> exit 1
+    └── RunAbortedError             the run stopped itself (breaker, budget, signal) -> exit 1
+
+Messages are complete sentences that name the place (file, key, URL path) and say what to do.
+They never contain an access token, a password or a request header.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class FailureClass(enum.Enum):
+    """What an API failure tells us about whether the request took effect."""
+
+    NOT_SENT = "not_sent"  # the request never left: resend freely
+    REJECTED = "rejected"  # 429/503: refused before processing; wait, then resend
+    IN_DOUBT = "in_doubt"  # may have been applied: resend only with the same x-execution-id
+    PERMANENT = "permanent"  # processed and refused: record, never resend
+    AUTH = "auth"  # credentials refused: stop the run
+
+
+class SweeperError(Exception):
+    """Base class of every error sweeper raises on purpose."""
+
+
+class ConfigError(SweeperError):
+    """The configuration (or command line) is wrong; nothing was submitted."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
+        self.path = path
+        self.key = key
+        self.line = line
+        self.column = column
+        self.message = message
+        where = path or ""
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        if key:
+            where += f" [{key}]" if where else f"[{key}]"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class MatrixError(ConfigError):
+    """The matrix cannot be expanded into a valid, collision-free set of combinations."""
+
+
+class ApiError(SweeperError):
+    """Talking to the API failed."""
+
+    failure: FailureClass = FailureClass.PERMANENT
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        name: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.name = name  # the API's exception name, e.g. "ValidationFailed"
+        self.request_id = request_id  # x-trifacta-request-id, for support tickets
+        super().__init__(message)
+
+
+class ApiConnectionError(ApiError):
+    """The request never reached the server (connect error or connect timeout)."""
+
+    failure = FailureClass.NOT_SENT
+
+
+class ApiInDoubtError(ApiError):
+    """The request may have been processed; only a resend with the same execution id is safe."""
+
+    failure = FailureClass.IN_DOUBT
+
+
+class RateLimitedError(ApiError):
+    """The server refused the request before processing it (429 or 503)."""
+
+    failure = FailureClass.REJECTED
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after  # seconds, the larger of x-retry-after and Retry-After
+
+
+class ApiRejectedError(ApiError):
+    """The server processed the request and refused it; resending cannot help."""
+
+    failure = FailureClass.PERMANENT
+
+
+class AuthError(ApiError):
+    """The server refused the credentials (401) or the permission (403)."""
+
+    failure = FailureClass.AUTH
+
+
+class ApiResponseError(ApiError):
+    """The server answered 2xx with a body that does not match the documented shape."""
+
+    failure = FailureClass.PERMANENT
+
+
+class LedgerError(SweeperError):
+    """The ledger cannot be used: unreadable, from another sweep, or an unknown schema."""
+
+
+class LedgerLockedError(LedgerError):
+    """Another sweeper process is writing this ledger."""
+
+
+class RunAbortedError(SweeperError):
+    """The run stopped itself before the end; the ledger is consistent and resumable."""
