@@ -1,0 +1,634 @@
+"""Async client for the Dataprep / Trifacta / Alteryx v4 job-group API.
+
+This is the only module that touches httpx exceptions: every transport error and every non-2xx
+answer is translated, in ``_translate`` and ``_raise_for_status``, into a
+``sweeper.errors.ApiError`` subclass whose ``failure`` says whether a resend is safe
+(reliability-perf §1.2). The client never retries; ``sweeper.retry.call_with_retry`` does, by
+failure class.
+
+Throughput: one ``httpx.AsyncClient`` degrades above ~10 requests in flight (encode/httpx#3215), so
+the client keeps ``ceil(max_connections / 8)`` underlying clients and round-robins requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+import ssl
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, NoReturn
+
+import httpx
+
+from sweeper.errors import (
+    ApiConnectionError,
+    ApiError,
+    ApiInDoubtError,
+    ApiRejectedError,
+    ApiResponseError,
+    AuthError,
+    RateLimitedError,
+)
+from sweeper.redact import redact
+from sweeper.retry import parse_retry_after
+
+log = logging.getLogger("sweeper.client")
+
+JOB_GROUPS = "v4/jobGroups"
+TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
+REQUESTS_PER_SHARD = 8  # above ~10 in flight one httpx client falls behind Little's law
+RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped (reliability-perf §2.1)
+_DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
+_JOB_ERROR_CHARS = 500
+_JSON_HEADERS = {"Accept": "application/json"}
+
+
+def one_line(text: str, limit: int) -> str:
+    """Collapse whitespace to single spaces, mask secrets, and cut to ``limit`` characters."""
+    flat = redact(" ".join(str(text).split()))
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- result types -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """Outcome of one POST /v4/jobGroups that the server answered 201 (or another 2xx) or 304."""
+
+    status_code: int
+    job_group_id: int | None  # None on 304 (no body)
+    session_id: str  # "" on 304
+    job_ids: tuple[int, ...]  # in execution order (jobs.data order)
+    request_id: str  # x-trifacta-request-id ("" if absent)
+
+    @property
+    def duplicate(self) -> bool:
+        """The server already had a job group for this x-execution-id."""
+        return self.status_code == 304
+
+
+@dataclass(frozen=True)
+class JobState:
+    id: int
+    job_type: str
+    status: str
+    percent_complete: int
+    error: str  # one line, <= 500 chars, "" if none
+
+
+@dataclass(frozen=True)
+class JobGroupState:
+    id: int
+    status: str
+    dataset_id: int | None
+    created_at: str
+    updated_at: str
+    jobs: tuple[JobState, ...]  # when embedded
+    run_parameters: Mapping[str, str] | None  # when the server returns them
+    output_paths: tuple[str, ...]  # filewriter writeSetting paths when embedded
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def error(self) -> str:
+        """The first failed job's error (one line), or "" if no job failed."""
+        for job in self.jobs:
+            if job.status == "Failed" and job.error:
+                return job.error
+        for job in self.jobs:
+            if job.status == "Failed":
+                return f"{job.job_type or 'job'} job {job.id} failed"
+        return ""
+
+
+# --- error translation (the one place) ----------------------------------------------------------
+
+
+def _request_id(response: httpx.Response) -> str:
+    return str(response.headers.get("x-trifacta-request-id", ""))
+
+
+def _envelope(response: httpx.Response) -> tuple[str | None, str]:
+    """(exception name, one-line text) from the ``{"exception": {...}}`` envelope or raw body."""
+    try:
+        body: Any = json.loads(response.content) if response.content else None
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    exc = body.get("exception") if isinstance(body, dict) else None
+    if isinstance(exc, dict):
+        name = exc.get("name")
+        parts = []
+        for key in ("message", "details"):
+            value = exc.get(key)
+            if value in (None, ""):
+                continue
+            parts.append(value if isinstance(value, str) else json.dumps(value, default=str))
+        return (str(name) if name else None), one_line(" - ".join(parts), _DETAIL_CHARS)
+    if body is None and response.content:
+        try:
+            text = response.content.decode("utf-8", errors="replace")
+        except Exception:  # pragma: no cover - decode with errors="replace" does not raise
+            text = ""
+        return None, one_line(text, _DETAIL_CHARS)
+    return None, ""
+
+
+def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
+    """Raise the ApiError matching a non-2xx, non-304 answer."""
+    code = response.status_code
+    if 200 <= code < 300 or code == 304:
+        return
+    name, text = _envelope(response)
+    request_id = _request_id(response)
+    what = f"{method} {path} was answered {code}"
+    if name:
+        what += f" {name}"
+    if text:
+        what += f": {text}"
+    ref = f" (request id {request_id})" if request_id else ""
+    what = what.rstrip(".") + ref + "."
+    meta: dict[str, Any] = {"status_code": code, "name": name, "request_id": request_id or None}
+    if code in (429, 503):
+        waits = [
+            parse_retry_after(response.headers.get(h), cap=RETRY_AFTER_CAP)
+            for h in ("x-retry-after", "retry-after")
+        ]
+        retry_after = max((w for w in waits if w is not None), default=None)
+        hint = f" The server asked to wait {retry_after:g} s." if retry_after is not None else ""
+        raise RateLimitedError(
+            f"{what} The request was refused before processing (rate limit or overload) "
+            f"and can be sent again later.{hint}",
+            retry_after=retry_after,
+            **meta,
+        )
+    if code in (401, 403):
+        advice = (
+            "The access token was refused: check that it is valid and not expired, then resume."
+            if code == 401
+            else "The credentials lack permission for this resource: check the token's "
+            "workspace and role, then resume."
+        )
+        raise AuthError(f"{what} {advice}", **meta)
+    if code >= 500:
+        raise ApiInDoubtError(
+            f"{what} The server failed and may or may not have acted on the request; "
+            "it is safe to resend only with the same x-execution-id.",
+            **meta,
+        )
+    if 300 <= code < 400:
+        location = httpx.URL(response.headers.get("location", "")).path or "?"
+        raise ApiRejectedError(
+            f"{what} The API redirected to {location}: set api.base_url to the final URL.",
+            **meta,
+        )
+    raise ApiRejectedError(
+        f"{what} The server refused the request; sending it again will not help.", **meta
+    )
+
+
+def _describe(exc: Exception) -> str:
+    """Exception class plus its (masked, one-line) text; httpx puts no headers in these."""
+    text = one_line(str(exc), 200)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _translate(method: str, path: str) -> Iterator[None]:
+    """Map httpx transport errors to ApiError subclasses by whether the request may have arrived."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError) as exc:
+        raise ApiConnectionError(
+            f"{method} {path} could not reach the server ({_describe(exc)}); the request "
+            "was not sent. Check api.base_url and the network; it is safe to retry."
+        ) from None
+    except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as exc:
+        raise ApiRejectedError(
+            f"{method} {path} could not be sent ({type(exc).__name__}); check api.base_url."
+        ) from None
+    except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+        # ReadTimeout, WriteTimeout, ReadError, WriteError, CloseError, server disconnected.
+        raise ApiInDoubtError(
+            f"{method} {path} got no complete answer ({type(exc).__name__}); the server may "
+            "have acted on it. Resend only with the same x-execution-id, or look it up."
+        ) from None
+    except httpx.HTTPError as exc:  # decoding errors, too many redirects, anything newer
+        raise ApiInDoubtError(
+            f"{method} {path} failed ({type(exc).__name__}); the outcome is unknown."
+        ) from None
+
+
+# --- response parsing ---------------------------------------------------------------------------
+
+
+def _bad_shape(response: httpx.Response, what: str) -> NoReturn:
+    method, path = response.request.method, response.request.url.path
+    request_id = _request_id(response)
+    ref = f" (request id {request_id})" if request_id else ""
+    raise ApiResponseError(
+        f"{method} {path} answered {response.status_code} but {what}{ref}; the server does not "
+        "follow the documented v4 API. Check api.base_url.",
+        status_code=response.status_code,
+        request_id=request_id or None,
+    )
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        _bad_shape(response, "the body is not JSON")
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _ref_id(value: Any) -> int | None:
+    """An ``{"id": N}`` reference (or a bare id) -> N."""
+    if isinstance(value, dict):
+        return _int(value.get("id"))
+    return _int(value)
+
+
+def _data_list(value: Any) -> list[Any] | None:
+    """``{"data": [...]}`` or a bare list -> the list; None if neither."""
+    if isinstance(value, dict):
+        value = value.get("data")
+    return value if isinstance(value, list) else None
+
+
+def _error_text(value: Any) -> str:
+    if value in (None, "", {}):
+        return ""
+    if isinstance(value, dict):
+        parts = [value.get(k) for k in ("name", "message", "details", "errorMessage")]
+        text = " - ".join(str(p) for p in parts if p)
+        value = text or json.dumps(value, default=str)
+    return one_line(str(value), _JOB_ERROR_CHARS)
+
+
+def _parse_job(item: Any) -> JobState | None:
+    if not isinstance(item, dict):
+        return None
+    job_id = _int(item.get("id"))
+    if job_id is None:
+        return None
+    percent = item.get("percentComplete")
+    return JobState(
+        id=job_id,
+        job_type=str(item.get("jobType") or ""),
+        status=str(item.get("status") or ""),
+        percent_complete=int(percent) if isinstance(percent, (int, float)) else 0,
+        error=_error_text(item.get("errorMessage")),
+    )
+
+
+def _write_path(job: Any) -> str | None:
+    """writeSetting.path of an embedded filewriter job (either embedding shape)."""
+    if not isinstance(job, dict):
+        return None
+    for holder in (job, job.get("fileWriterJob")):
+        if isinstance(holder, dict):
+            setting = holder.get("writeSetting")
+            if isinstance(setting, dict) and isinstance(setting.get("path"), str):
+                return str(setting["path"])
+    return None
+
+
+def _run_parameters(value: Any) -> dict[str, str] | None:
+    """The group's run parameters in any of the shapes seen: request shape, list, or mapping."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and "overrides" in value:
+        value = value["overrides"]
+    if isinstance(value, dict) and "data" in value:
+        value = value["data"]
+    if isinstance(value, list):
+        out: dict[str, str] = {}
+        for item in value:
+            if isinstance(item, dict) and "key" in item:
+                out[str(item["key"])] = str(item.get("value", ""))
+        return out
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return None
+
+
+def _parse_group(item: Any) -> JobGroupState | None:
+    if not isinstance(item, dict):
+        return None
+    group_id = _int(item.get("id"))
+    if group_id is None:
+        return None
+    raw_jobs = _data_list(item.get("jobs")) or []
+    jobs = tuple(j for j in (_parse_job(x) for x in raw_jobs) if j is not None)
+    paths = tuple(p for p in (_write_path(x) for x in raw_jobs) if p)
+    return JobGroupState(
+        id=group_id,
+        status=str(item.get("status") or ""),
+        dataset_id=_ref_id(item.get("wrangledDataset")),
+        created_at=str(item.get("createdAt") or ""),
+        updated_at=str(item.get("updatedAt") or ""),
+        jobs=jobs,
+        run_parameters=_run_parameters(item.get("runParameters")),
+        output_paths=paths,
+    )
+
+
+def _timestamp(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _older(created_at: str, bound: str) -> bool:
+    """True when ``created_at`` is before ``bound`` (ISO-8601; falls back to text order)."""
+    a, b = _timestamp(created_at), _timestamp(bound)
+    if a is not None and b is not None:
+        try:
+            return a < b
+        except TypeError:  # naive vs aware: compare as text
+            pass
+    return bool(created_at) and created_at < bound
+
+
+def _matches(
+    group: JobGroupState,
+    dataset_id: int,
+    run_parameters: Mapping[str, str],
+    output_paths: Sequence[str],
+) -> bool:
+    if group.dataset_id != dataset_id:
+        return False
+    if group.run_parameters is not None:
+        return all(group.run_parameters.get(k) == v for k, v in run_parameters.items())
+    if output_paths and group.output_paths:
+        return set(output_paths) <= set(group.output_paths)
+    return False  # nothing we sent is visible: matching on the dataset alone is unsafe
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+class DataprepClient:
+    """Async client for POST/GET /v4/jobGroups; an async context manager.
+
+    ``max_connections`` is the most requests the caller will have in flight at once; the client
+    spreads them over ``ceil(max_connections / 8)`` httpx clients (one when ``transport`` is
+    given: the embedded emulator and tests bring their own). ``timeout`` applies to connect, read
+    and write; waiting for a pooled connection is not timed, since the caller bounds concurrency.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
+        max_connections: int = 10,
+    ) -> None:
+        # A custom transport (embedded emulator, tests) has its own concurrency: one client.
+        shards = (
+            1 if transport is not None else max(1, math.ceil(max_connections / REQUESTS_PER_SHARD))
+        )
+        # Each shard may hold every in-flight request, so round-robin skew never hits the pool
+        # limit (PoolTimeout); callers bound concurrency with their own semaphore.
+        limits = httpx.Limits(
+            max_connections=max(1, max_connections),
+            max_keepalive_connections=max(1, math.ceil(max_connections / shards)),
+            keepalive_expiry=5.0,
+        )
+        self.base_url = str(base_url).rstrip("/") + "/"
+        self._clients = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                auth=auth,
+                transport=transport,
+                timeout=httpx.Timeout(timeout, pool=None),
+                verify=verify,
+                limits=limits,
+                follow_redirects=False,
+                headers=_JSON_HEADERS,
+            )
+            for _ in range(shards)
+        ]
+        self._next = itertools.cycle(range(shards))
+
+    @property
+    def shards(self) -> int:
+        return len(self._clients)
+
+    def _pick(self) -> httpx.AsyncClient:
+        """The next shard, round-robin."""
+        return self._clients[next(self._next)]
+
+    async def __aenter__(self) -> DataprepClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request; returns a 2xx/304 response or raises the matching ApiError."""
+        client = self._pick()
+        url_path = client.base_url.path.rstrip("/") + "/" + path  # for messages: no query, no host
+        send_headers = dict(headers or {})
+        if body is not None:
+            send_headers["Content-Type"] = "application/json"
+        try:
+            with _translate(method, url_path):
+                response = await client.request(
+                    method,
+                    path,
+                    params=params,
+                    content=json.dumps(body).encode("utf-8") if body is not None else None,
+                    headers=send_headers,
+                )
+        except ApiError as exc:
+            log.debug("%s %s -> %s", method, url_path, type(exc).__name__)
+            raise
+        log.debug(
+            "%s %s -> %s (request id %s)",
+            method,
+            url_path,
+            response.status_code,
+            _request_id(response) or "-",
+        )
+        _raise_for_status(response, method, url_path)
+        return response
+
+    async def create_job_group(self, body: Mapping[str, Any], *, execution_id: str) -> Submission:
+        """POST /v4/jobGroups with ``x-execution-id``; 201 -> ids, 304 -> duplicate (no body)."""
+        if not execution_id:
+            raise ValueError("create_job_group needs an execution id (x-execution-id)")
+        method = "POST"
+        response = await self._send(
+            method, JOB_GROUPS, body=dict(body), headers={"x-execution-id": execution_id}
+        )
+        request_id = _request_id(response)
+        if response.status_code == 304:
+            return Submission(304, None, "", (), request_id)
+        payload = _json(response)
+        if not isinstance(payload, dict):
+            _bad_shape(response, "the body is not a JSON object")
+        group_id = _int(payload.get("id"))
+        if group_id is None:
+            group_id = _int(payload.get("jobgroupId"))  # v3-era servers
+        if group_id is None:
+            _bad_shape(response, "the body has no job group id")
+        raw_jobs = _data_list(payload.get("jobs")) or []
+        job_ids = tuple(j for j in (_ref_id(x) for x in raw_jobs) if j is not None)
+        session = payload.get("sessionId")
+        return Submission(
+            status_code=response.status_code,
+            job_group_id=group_id,
+            session_id=str(session) if session else "",
+            job_ids=job_ids,
+            request_id=request_id,
+        )
+
+    async def get_job_group(
+        self, job_group_id: int, *, embed: str = "jobs,wrangledDataset"
+    ) -> JobGroupState:
+        """GET /v4/jobGroups/{id} with its jobs embedded (one request)."""
+        path = f"{JOB_GROUPS}/{int(job_group_id)}"
+        response = await self._send("GET", path, params={"embed": embed} if embed else None)
+        group = _parse_group(_json(response))
+        if group is None:
+            _bad_shape(response, "the body is not a job group")
+        return group
+
+    async def get_jobs(self, job_group_id: int) -> tuple[JobState, ...]:
+        """GET /v4/jobGroups/{id}/jobs, in the server's (execution) order."""
+        path = f"{JOB_GROUPS}/{int(job_group_id)}/jobs"
+        response = await self._send("GET", path)
+        items = _data_list(_json(response))
+        if items is None:
+            _bad_shape(response, "the body has no data list")
+        return tuple(j for j in (_parse_job(x) for x in items) if j is not None)
+
+    async def get_status(self, job_group_id: int) -> str:
+        """GET /v4/jobGroups/{id}/status: a bare JSON string such as "Complete"."""
+        path = f"{JOB_GROUPS}/{int(job_group_id)}/status"
+        response = await self._send("GET", path)
+        status = _json(response)
+        if not isinstance(status, str):
+            _bad_shape(response, "the body is not a status string")
+        return status
+
+    async def cancel_job_group(
+        self, job_group_id: int, *, execution_id: str | None = None
+    ) -> tuple[int, ...]:
+        """POST /v4/jobGroups/{id}/cancel -> the ids of the jobs it canceled (no-op when done).
+
+        Cancel is idempotent on the server, so ``x-execution-id`` is sent only when given.
+        """
+        path = f"{JOB_GROUPS}/{int(job_group_id)}/cancel"
+        headers = {"x-execution-id": execution_id} if execution_id else None
+        response = await self._send("POST", path, body={}, headers=headers)
+        if not response.content:
+            return ()
+        payload = _json(response)
+        ids = payload.get("jobIds") if isinstance(payload, dict) else None
+        if ids is None:
+            return ()
+        if not isinstance(ids, list):
+            _bad_shape(response, "jobIds is not a list")
+        return tuple(i for i in (_int(x) for x in ids) if i is not None)
+
+    async def list_job_groups(
+        self,
+        *,
+        limit: int = 25,
+        offset: int = 0,
+        sort: str = "-createdAt",
+        embed: str = "jobs.fileWriterJob.writeSetting",
+    ) -> list[JobGroupState]:
+        """GET /v4/jobGroups (one page, newest first by default)."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset, "sort": sort}
+        if embed:
+            params["embed"] = embed
+        response = await self._send("GET", JOB_GROUPS, params=params)
+        items = _data_list(_json(response))
+        if items is None:
+            _bad_shape(response, "the body has no data list")
+        return [g for g in (_parse_group(x) for x in items) if g is not None]
+
+    async def find_job_group(
+        self,
+        *,
+        dataset_id: int,
+        run_parameters: Mapping[str, str],
+        output_paths: Sequence[str] = (),
+        created_after: str | None = None,
+        max_pages: int = 20,
+        page_size: int = 25,
+    ) -> JobGroupState | None:
+        """Reconciliation lookup: the newest job group matching what a lost POST would have made.
+
+        Pages through the newest groups until one is older than ``created_after`` (or a short
+        page, or ``max_pages``). A group matches on dataset id plus the run parameters when the
+        server returns them, else plus the writeSetting paths. None when nothing matches.
+        """
+        for page in range(max_pages):
+            groups = await self.list_job_groups(limit=page_size, offset=page * page_size)
+            for group in groups:
+                if created_after is not None and _older(group.created_at, created_after):
+                    return None
+                if _matches(group, dataset_id, run_parameters, output_paths):
+                    return group
+            if len(groups) < page_size:
+                return None
+        return None
+
+    async def get_outputs(self, job_group_id: int) -> tuple[str, ...]:
+        """GET /v4/jobGroups/{id}/outputs -> files[].path."""
+        path = f"{JOB_GROUPS}/{int(job_group_id)}/outputs"
+        response = await self._send("GET", path)
+        payload = _json(response)
+        files = payload.get("files") if isinstance(payload, dict) else None
+        if not isinstance(files, list):
+            _bad_shape(response, "the body has no files list")
+        out: list[str] = []
+        for item in files:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, dict) and isinstance(item.get("path"), str):
+                out.append(item["path"])
+        return tuple(out)

@@ -1,0 +1,259 @@
+"""Credentials (env, token file, Basic, OAuth refresh) and TLS verification settings."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from sweeper.auth import (
+    DEMO_TOKEN,
+    BearerAuth,
+    OAuthRefreshAuth,
+    build_auth,
+    build_verify,
+    secrets,
+)
+from sweeper.client import DataprepClient
+from sweeper.config import ApiSettings
+from sweeper.errors import AuthError, ConfigError
+
+SENTINEL = "sentinel-4f0e2a9c-token"
+URL = "https://api.clouddataprep.com"
+
+
+def auth_header(auth: httpx.Auth | None) -> str:
+    """The Authorization header ``auth`` puts on a request (sync flow is enough for static auth)."""
+    assert auth is not None
+    request = httpx.Request("GET", "https://h.test/v4/jobGroups/1")
+    flow = auth.sync_auth_flow(request)
+    sent = next(flow)
+    return str(sent.headers["Authorization"])
+
+
+def test_bearer_from_env_strips_whitespace() -> None:
+    auth = build_auth(ApiSettings(base_url=URL), {"DATAPREP_TOKEN": f"  {SENTINEL}\n"})
+    assert isinstance(auth, BearerAuth)
+    assert auth_header(auth) == f"Bearer {SENTINEL}"
+    assert SENTINEL not in repr(auth)
+
+
+def test_missing_token_names_the_variable_and_how_to_set_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_auth(ApiSettings(base_url=URL, token_env="MY_TOKEN"), {"OTHER": SENTINEL})
+    text = str(info.value)
+    assert "MY_TOKEN" in text and "export MY_TOKEN=" in text
+    assert info.value.key == "api.token_env"
+    assert SENTINEL not in text
+
+
+def _token_file(tmp_path: Path, mode: int, content: str = SENTINEL + "\n") -> Path:
+    path = tmp_path / "token"
+    path.write_text(content)
+    path.chmod(mode)
+    return path
+
+
+def test_token_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o644)
+    with pytest.raises(ConfigError) as info:
+        build_auth(ApiSettings(base_url=URL, token_file=path), {})
+    assert f"chmod 600 {path}" in str(info.value)
+    assert SENTINEL not in str(info.value)
+
+
+def test_token_file_0600_is_accepted_and_env_wins(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o600)
+    assert auth_header(build_auth(ApiSettings(base_url=URL, token_file=path), {})) == (
+        f"Bearer {SENTINEL}"
+    )
+    env_auth = build_auth(ApiSettings(base_url=URL, token_file=path), {"DATAPREP_TOKEN": "e"})
+    assert auth_header(env_auth) == "Bearer e"
+
+
+def test_relative_token_file_resolves_against_the_config_file(tmp_path: Path) -> None:
+    _token_file(tmp_path, 0o600)
+    config = tmp_path / "sweep.toml"
+    config.write_text("")
+    api = ApiSettings(base_url=URL, token_file=Path("token"))
+    assert auth_header(build_auth(api, {}, config_path=config)) == f"Bearer {SENTINEL}"
+    assert secrets(api, {}, config_path=config) == (SENTINEL,)
+
+
+def test_empty_or_missing_token_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        build_auth(ApiSettings(base_url=URL, token_file=_token_file(tmp_path, 0o600, "\n")), {})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        build_auth(ApiSettings(base_url=URL, token_file=tmp_path / "nope"), {})
+
+
+def test_embedded_uses_a_demo_token_unless_one_is_set() -> None:
+    assert auth_header(build_auth(ApiSettings(), {})) == f"Bearer {DEMO_TOKEN}"
+    assert auth_header(build_auth(ApiSettings(), {"DATAPREP_TOKEN": "t"})) == "Bearer t"
+
+
+def test_basic_auth_from_env() -> None:
+    api = ApiSettings(base_url="http://trifacta:3005", auth="basic")
+    env = {"DATAPREP_USERNAME": "ann", "DATAPREP_PASSWORD": SENTINEL}
+    expected = base64.b64encode(f"ann:{SENTINEL}".encode()).decode()
+    assert auth_header(build_auth(api, env)) == f"Basic {expected}"
+    with pytest.raises(ConfigError) as info:
+        build_auth(api, {"DATAPREP_USERNAME": "ann"})
+    assert "DATAPREP_PASSWORD" in str(info.value)
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="bearer"):
+        build_auth(ApiSettings(base_url=URL, auth="kerberos"), {"DATAPREP_TOKEN": "t"})
+
+
+def test_secrets_lists_values_in_play() -> None:
+    env = {
+        "DATAPREP_TOKEN": "a",
+        "DATAPREP_PASSWORD": "b",
+        "DATAPREP_REFRESH_TOKEN": "c",
+        "DATAPREP_USERNAME": "not-secret",
+    }
+    assert set(secrets(ApiSettings(base_url=URL), env)) == {"a", "b", "c"}
+
+
+# --- OAuth ---------------------------------------------------------------------------------------
+
+TOKEN_URL = "https://auth.test/as/token"
+OAUTH = ApiSettings(base_url="https://us1.alteryxcloud.com", auth="oauth", token_url=TOKEN_URL)
+OAUTH_ENV = {
+    "DATAPREP_REFRESH_TOKEN": "refresh-1",
+    "DATAPREP_CLIENT_ID": "cid",
+    "DATAPREP_TOKEN": "access-old",
+}
+
+
+class OAuthServer:
+    """Token endpoint plus an API that accepts only ``valid`` access tokens."""
+
+    def __init__(self, valid: set[str], token_status: int = 200) -> None:
+        self.valid = valid
+        self.token_status = token_status
+        self.token_calls: list[dict[str, list[str]]] = []
+        self.api_auth: list[str] = []
+        self.issued = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/as/token":
+            self.token_calls.append(parse_qs(request.content.decode()))
+            if self.token_status != 200:
+                return httpx.Response(self.token_status, json={"error": "invalid_grant"})
+            self.issued += 1
+            return httpx.Response(
+                200,
+                json={
+                    "access_token": f"access-new-{self.issued}",
+                    "refresh_token": f"refresh-{self.issued + 1}",
+                    "expires_in": 300,
+                },
+            )
+        header = request.headers.get("authorization", "")
+        self.api_auth.append(header)
+        if header.removeprefix("Bearer ") in self.valid:
+            return httpx.Response(200, json="Complete")
+        return httpx.Response(401, json={"exception": {"name": "Unauthorized", "message": "no"}})
+
+
+def _status(server: OAuthServer, env: dict[str, str], calls: int = 1) -> list[Any]:
+    auth = build_auth(OAUTH, env)
+    assert isinstance(auth, OAuthRefreshAuth)
+
+    async def go() -> list[Any]:
+        transport = httpx.MockTransport(server)
+        async with DataprepClient(OAUTH.base_url, auth=auth, transport=transport) as client:
+            return await asyncio.gather(
+                *(client.get_status(1) for _ in range(calls)), return_exceptions=True
+            )
+
+    return asyncio.run(go())
+
+
+def test_oauth_refreshes_once_on_401_and_retries() -> None:
+    server = OAuthServer(valid={"access-new-1"})
+    assert _status(server, OAUTH_ENV) == ["Complete"]
+    assert server.api_auth == ["Bearer access-old", "Bearer access-new-1"]
+    assert server.token_calls == [
+        {"grant_type": ["refresh_token"], "refresh_token": ["refresh-1"], "client_id": ["cid"]}
+    ]
+
+
+def test_oauth_second_401_is_returned_as_auth_error_without_looping() -> None:
+    server = OAuthServer(valid=set())
+    (result,) = _status(server, OAUTH_ENV)
+    assert isinstance(result, AuthError) and result.status_code == 401
+    assert len(server.token_calls) == 1
+    assert len(server.api_auth) == 2
+
+
+def test_oauth_without_access_token_refreshes_first() -> None:
+    server = OAuthServer(valid={"access-new-1"})
+    env = {k: v for k, v in OAUTH_ENV.items() if k != "DATAPREP_TOKEN"}
+    assert _status(server, env) == ["Complete"]
+    assert server.api_auth == ["Bearer access-new-1"]
+
+
+def test_oauth_concurrent_401s_refresh_once() -> None:
+    server = OAuthServer(valid={"access-new-1"})
+    assert _status(server, OAUTH_ENV, calls=5) == ["Complete"] * 5
+    assert len(server.token_calls) == 1
+
+
+def test_oauth_failed_refresh_is_auth_error_without_secrets() -> None:
+    server = OAuthServer(valid=set(), token_status=400)
+    (result,) = _status(server, OAUTH_ENV)
+    assert isinstance(result, AuthError)
+    assert "/as/token" in str(result) and "refresh token" in str(result)
+    for secret in OAUTH_ENV.values():
+        if secret != "cid":
+            assert secret not in str(result)
+
+
+def test_oauth_needs_token_url_and_refresh_token() -> None:
+    with pytest.raises(ConfigError, match="token_url"):
+        build_auth(ApiSettings(base_url=URL, auth="oauth"), OAUTH_ENV)
+    with pytest.raises(ConfigError, match="DATAPREP_REFRESH_TOKEN"):
+        build_auth(OAUTH, {"DATAPREP_CLIENT_ID": "cid"})
+
+
+# --- TLS -----------------------------------------------------------------------------------------
+
+
+def test_verify_is_on_by_default() -> None:
+    assert build_verify(ApiSettings(base_url=URL)) is True
+
+
+@pytest.mark.parametrize(
+    "base", ["http://127.0.0.1:3005", "https://localhost", "http://[::1]:8080", "http://127.8.0.1"]
+)
+def test_insecure_allowed_for_loopback(base: str) -> None:
+    assert build_verify(ApiSettings(base_url=base, insecure=True)) is False
+
+
+@pytest.mark.parametrize(
+    "base", [URL, "https://10.0.0.5", "https://localhost.evil.com", "https://127.0.0.1.nip.io"]
+)
+def test_insecure_refused_for_non_loopback(base: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_verify(ApiSettings(base_url=base, insecure=True))
+    assert "api.ca_bundle" in str(info.value)
+
+
+def test_ca_bundle(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="ca_bundle"):
+        build_verify(ApiSettings(base_url=URL, ca_bundle=tmp_path / "missing.pem"))
+    import certifi  # httpx's own dependency: a real PEM bundle to load
+
+    context = build_verify(ApiSettings(base_url=URL, ca_bundle=Path(certifi.where())))
+    assert isinstance(context, ssl.SSLContext)
+    assert context.verify_mode == ssl.CERT_REQUIRED
