@@ -1,5 +1,40 @@
-"""sweeper: run a Dataprep recipe for every combination of run parameters, exactly once."""
+"""sweeper: run a Dataprep recipe for every combination of run parameters, exactly once.
+
+The public API is imported lazily so that ``sweeper --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_config": "sweeper.config",
+    "SweepConfig": "sweeper.config",
+    "expand_matrix": "sweeper.matrix",
+    "count_combinations": "sweeper.matrix",
+    "Combination": "sweeper.matrix",
+    "connect": "sweeper.connect",
+    "DataprepClient": "sweeper.client",
+    "Ledger": "sweeper.ledger",
+    "read_ledger": "sweeper.ledger",
+    "current_state": "sweeper.ledger",
+    "Planner": "sweeper.plan",
+    "run_sweep": "sweeper.runner",
+    "RunSummary": "sweeper.runner",
+    "refresh": "sweeper.status",
+    "build_report": "sweeper.report",
+    "SweeperError": "sweeper.errors",
+    "ConfigError": "sweeper.errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"], key=str.casefold)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sweeper' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,604 @@
+"""The ``sweeper`` command: a thin shell over the library.
+
+Commands parse options, call library functions, render results, and leave exit codes to
+``_exit_codes``, the one place where exceptions become exit codes:
+
+    0  every combination succeeded
+    1  the run could not go on (auth, unreachable API, ledger locked, interrupted)
+    2  bad usage or configuration; nothing was submitted
+    3  the run finished but some combinations failed, are in doubt or still running
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, cast
+
+import click
+
+from sweeper import __version__
+from sweeper.errors import ConfigError, SweeperError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+log = logging.getLogger("sweeper")
+
+
+@contextlib.contextmanager
+def _exit_codes() -> Iterator[None]:
+    """Translate library errors into a message on stderr and DESIGN.md's exit codes."""
+    try:
+        yield
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except SweeperError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+
+
+def _today() -> str:
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO date or datetime (e.g. 2026-11-29 or 2026-11-29T06:00).",
+            param_hint="--as-of",
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+# Options shared by run and plan.
+_run_id = click.option(
+    "--run-id",
+    metavar="ID",
+    help="Names the logical run. Default: today's UTC date, so a "
+    "restarted nightly run resumes and tomorrow's run is new.",
+)
+_as_of = click.option(
+    "--as-of",
+    metavar="DATE",
+    help="Resolve relative dates (today-7d) against this instead of "
+    "now. A resumed run reuses the as-of recorded in the ledger.",
+)
+_rerun = click.option(
+    "--rerun",
+    type=click.Choice(["incomplete", "failed", "all"]),
+    default="incomplete",
+    show_default=True,
+    help="Which combinations of this run to run again: incomplete ones only, "
+    "also failed ones, or all.",
+)
+_only = click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Keep only combinations with this parameter value (repeatable). Identities don't change.",
+)
+_limit = click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Take only the first N combinations (a canary run). The full run later skips them.",
+)
+_allow_large = click.option(
+    "--allow-large", is_flag=True, help="Allow more combinations than sweep.max_combinations."
+)
+_json = click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout.")
+_quiet = click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
+_verbose = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, prog_name="sweeper")
+def cli() -> None:
+    """Run a Dataprep recipe once for every combination of run parameters.
+
+    sweeper reads a TOML sweep file, expands its matrix of run-parameter values, submits one
+    job group per combination (paced under the platform's quota, retried safely, never twice),
+    waits for the jobs, and records every step in a CSV ledger that the next run resumes from.
+
+    \b
+    Examples:
+        sweeper plan configs/regions.toml
+        sweeper run configs/regions.toml
+        sweeper status results/regions.csv
+        sweeper report results/regions.csv --format markdown
+    """
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@_run_id
+@_as_of
+@_rerun
+@_only
+@_limit
+@_allow_large
+@click.option("--dry-run", is_flag=True, help="Plan and validate, submit nothing (same as `plan`).")
+@click.option(
+    "--wait/--no-wait", default=None, help="Wait for job groups to end (default: run.wait)."
+)
+@click.option(
+    "--cancel-on-interrupt",
+    is_flag=True,
+    help="On Ctrl-C or SIGTERM, also cancel the job groups still running (default: only on a "
+    "second signal).",
+)
+@_json
+@_quiet
+@_verbose
+def run(
+    config_path: Path,
+    run_id: str | None,
+    as_of: str | None,
+    rerun: str,
+    only: tuple[str, ...],
+    limit: int | None,
+    allow_large: bool,
+    dry_run: bool,
+    wait: bool | None,
+    cancel_on_interrupt: bool,
+    as_json: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Submit one job group per combination in CONFIG, wait, and record it all.
+
+    Safe to run again: combinations that succeeded in this run are skipped, anything left in
+    doubt by a crash is reconciled with the same execution id, so nothing is created twice.
+
+    \b
+    Examples:
+        sweeper run configs/regions.toml
+        sweeper run configs/regions.toml --only Region=01 --limit 1   # canary
+        sweeper run configs/regions.toml --rerun failed
+        sweeper run configs/backfill.toml --as-of 2026-11-01 --run-id backfill-oct
+    """
+    if dry_run:
+        ctx = click.get_current_context()
+        ctx.invoke(
+            plan,
+            config_path=config_path,
+            run_id=run_id,
+            as_of=as_of,
+            rerun=rerun,
+            only=only,
+            limit=limit,
+            allow_large=allow_large,
+            fmt="json" if as_json else "table",
+            output=None,
+            show_all=False,
+        )
+        return
+    _setup_logging(verbose, quiet)
+    from sweeper import render
+    from sweeper.auth import secrets
+    from sweeper.config import load_config
+    from sweeper.connect import connect
+    from sweeper.ledger import Ledger
+    from sweeper.redact import install_redaction
+    from sweeper.runner import Interrupt, latest_as_of, run_sweep
+
+    with _exit_codes():
+        config = load_config(config_path)
+        rid = run_id or _today()
+        client = connect(config)
+        install_redaction(secrets(config.api, os.environ))
+        progress = render.Progress(quiet=quiet or as_json)
+
+        async def main() -> Any:
+            interrupt = Interrupt(cancel_on_interrupt=cancel_on_interrupt)
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, interrupt.signal)
+            with Ledger.open(
+                config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
+            ) as ledger:
+                resolved = (
+                    latest_as_of(ledger.history(), rid)
+                    or _parse_as_of(as_of)
+                    or (datetime.now(timezone.utc))
+                )
+                async with client:
+                    return await run_sweep(
+                        config,
+                        client=client,
+                        ledger=ledger,
+                        run_id=rid,
+                        as_of=resolved,
+                        rerun=rerun,
+                        only=only,
+                        limit=limit,
+                        wait=wait,
+                        allow_large=allow_large,
+                        interrupt=interrupt,
+                        on_event=progress.event,
+                    )
+
+        summary = asyncio.run(main())
+        progress.close()
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        click.echo(render.summary_text(summary))
+    sys.exit(summary.exit_code)
+
+
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@_run_id
+@_as_of
+@_rerun
+@_only
+@_limit
+@_allow_large
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts (includes every request body).",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the whole plan as CSV (one row per combination, with action and reason).",
+)
+@click.option(
+    "--all", "show_all", is_flag=True, help="List every combination, not just the first and last."
+)
+def plan(
+    config_path: Path,
+    run_id: str | None,
+    as_of: str | None,
+    rerun: str,
+    only: tuple[str, ...],
+    limit: int | None,
+    allow_large: bool,
+    fmt: str,
+    output: Path | None,
+    show_all: bool,
+) -> None:
+    """Show what `sweeper run CONFIG` would do, and why, without submitting anything.
+
+    Counts per axis and in total, the first and last combinations with their request bodies,
+    what will be skipped or rerun and why, and output paths that collide. Needs no token.
+
+    \b
+    Examples:
+        sweeper plan configs/regions.toml
+        sweeper plan configs/backfill.toml --as-of 2026-11-01 --output plan.csv
+        sweeper plan configs/regions.toml --format json | jq '.combinations[0].body'
+    """
+    from sweeper import render
+    from sweeper.config import load_config
+    from sweeper.ledger import read_ledger
+    from sweeper.plan import Planner
+    from sweeper.runner import latest_as_of
+
+    with _exit_codes():
+        config = load_config(config_path)
+        rid = run_id or _today()
+        history = read_ledger(config.sweep.ledger) if config.sweep.ledger.exists() else []
+        resolved = latest_as_of(history, rid) or _parse_as_of(as_of) or datetime.now(timezone.utc)
+        planner = Planner(
+            config, history=history, run_id=rid, as_of=resolved, rerun=rerun, only=only, limit=limit
+        )
+        counts = planner.check(allow_large=allow_large)
+        if output is not None:
+            render.write_plan_csv(planner, output)
+        if fmt == "json":
+            click.echo(json.dumps(render.plan_json(planner, counts, show_all=show_all), indent=2))
+        else:
+            click.echo(render.plan_text(planner, counts, show_all=show_all))
+
+
+def _status_target(target: Path, config_opt: Path | None) -> tuple[Path | None, Path]:
+    """(config, ledger) for `sweeper status TARGET`: a sweep file or a ledger."""
+    from sweeper.config import load_config
+    from sweeper.status import find_config_for
+
+    if target.suffix == ".toml":
+        return target, load_config(target).sweep.ledger
+    return (config_opt or find_config_for(target)), target
+
+
+@cli.command()
+@click.argument("target", metavar="LEDGER|CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_opt",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The sweep file, when TARGET is a ledger and it isn't found in configs/.",
+)
+@click.option("--run-id", metavar="ID", help="The run to show. Default: the latest in the ledger.")
+@click.option("--watch", is_flag=True, help="Keep refreshing until every job group has ended.")
+@click.option("--no-refresh", is_flag=True, help="Show the ledger as it is; ask the API nothing.")
+@_json
+@_quiet
+@_verbose
+def status(
+    target: Path,
+    config_opt: Path | None,
+    run_id: str | None,
+    watch: bool,
+    no_refresh: bool,
+    as_json: bool,
+    quiet: bool,
+    verbose: int,
+) -> None:
+    """Refresh job groups that were still running, and show each combination's state.
+
+    Appends a `finished` row to the ledger for every job group that has ended since the run
+    (for example after `run --no-wait`, a timeout or an interrupt). Exit code as for `run`.
+
+    \b
+    Examples:
+        sweeper status configs/regions.toml
+        sweeper status results/regions.csv --watch
+        sweeper status results/regions.csv --no-refresh --json
+    """
+    _setup_logging(verbose, quiet)
+    from sweeper import render
+    from sweeper.config import load_config
+    from sweeper.connect import connect
+    from sweeper.ledger import Ledger, current_state, read_ledger
+    from sweeper.status import StatusResult, refresh
+
+    with _exit_codes():
+        config_path, ledger_path = _status_target(target, config_opt)
+        if not ledger_path.exists():
+            raise ConfigError(f"there is no ledger at {ledger_path}; run the sweep first.")
+        if no_refresh or config_path is None:
+            if config_path is None and not no_refresh and not quiet:
+                click.echo(
+                    f"No sweep file found for {ledger_path}: showing the ledger without asking the "
+                    "API (pass --config to refresh).",
+                    err=True,
+                )
+            history = read_ledger(ledger_path)
+            rid = run_id or (history[-1].run_id if history else "")
+            result = StatusResult(
+                run_id=rid, rows=list(current_state(history, run_id=rid).values())
+            )
+        else:
+            config = load_config(config_path)
+            client = connect(config)
+
+            def show(res: StatusResult) -> None:
+                if watch and not quiet and not as_json:
+                    counts = ", ".join(
+                        f"{n} {k.replace('_', ' ')}" for k, n in res.counts().items()
+                    )
+                    click.echo(f"[sweeper] {counts}", err=True)
+
+            async def main() -> StatusResult:
+                with Ledger.open(
+                    ledger_path, sweep=config.sweep.name, param_names=config.matrix.param_names
+                ) as ledger:
+                    async with client:
+                        return await refresh(
+                            config,
+                            client=client,
+                            ledger=ledger,
+                            run_id=run_id,
+                            watch=watch,
+                            on_change=show,
+                        )
+
+            result = asyncio.run(main())
+    if as_json:
+        click.echo(json.dumps(render.status_json(result), indent=2))
+    else:
+        click.echo(render.status_text(result))
+    counts = result.counts()
+    bad = sum(n for k, n in counts.items() if k != "succeeded")
+    sys.exit(3 if bad else 0)
+
+
+@cli.command()
+@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-id", metavar="ID", help="The run to report on. Default: the latest.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "markdown", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table for terminals, markdown for tickets, csv for spreadsheets "
+    "(formula-safe), json for scripts.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write a self-contained HTML page with a chart.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+def report(
+    ledger_path: Path, run_id: str | None, fmt: str, html_path: Path | None, as_json: bool
+) -> None:
+    """Summarise a ledger: states, durations, failures, success by parameter, and the diff
+    against the previous run.
+
+    Reads the ledger only; safe while a run is writing it.
+
+    \b
+    Examples:
+        sweeper report results/regions.csv
+        sweeper report results/regions.csv --format markdown --run-id 2026-11-28
+        sweeper report results/regions.csv --html results/regions.html
+    """
+    from sweeper import report as reporting
+    from sweeper.ledger import read_ledger
+
+    with _exit_codes():
+        if not ledger_path.exists():
+            raise ConfigError(f"there is no ledger at {ledger_path}; run the sweep first.")
+        rows = read_ledger(ledger_path)
+        built = reporting.build_report(rows, run_id=run_id)
+        click.echo(reporting.render(built, cast(reporting.Format, "json" if as_json else fmt)))
+        if html_path is not None:
+            reporting.write_html(built, html_path, rows)
+            click.echo(f"wrote {html_path}", err=True)
+
+
+@cli.group()
+def emulator() -> None:
+    """The built-in Dataprep v4 API emulator."""
+
+
+@emulator.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=0,
+    type=click.IntRange(0, 65535),
+    show_default=True,
+    help="Port (0 picks a free one).",
+)
+@click.option(
+    "--state",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="SQLite file that keeps job groups across restarts (default: in memory).",
+)
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="A catalog TOML of recipes (default: the demo catalog).",
+)
+@click.option(
+    "--faults",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="A faults TOML: latency, 429 bursts, 5xx, dropped connections, failing jobs.",
+)
+@click.option(
+    "--token",
+    "token_env",
+    metavar="ENV",
+    default=None,
+    help="Require the token held in this environment variable (default: accept any token).",
+)
+@click.option(
+    "--quota-user",
+    type=click.IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="runJobGroup requests per user per minute (0: no quota).",
+)
+@click.option(
+    "--quota-workspace",
+    type=click.IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="runJobGroup requests per workspace per minute (0: no quota).",
+)
+@click.option(
+    "--output-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("emulator-output"),
+    show_default=True,
+    help="Where job outputs are written.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Run the emulator's clock this many times faster.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
+def emulator_serve(
+    host: str,
+    port: int,
+    state: Path | None,
+    catalog: Path | None,
+    faults: Path | None,
+    token_env: str | None,
+    quota_user: int,
+    quota_workspace: int,
+    output_root: Path,
+    time_scale: float,
+    seed: int,
+) -> None:
+    """Serve the emulator over HTTP until Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+        sweeper emulator serve --port 3005
+        sweeper emulator serve --faults faults.toml --state emulator.sqlite --quota-user 300
+    """
+    import secrets as token_source
+
+    from sweeper.emulator import EmulatorSettings, load_faults
+    from sweeper.emulator.serve import serve
+
+    with _exit_codes():
+        token = os.environ.get(token_env) if token_env else None
+        if token_env and not token:
+            raise ConfigError(f"--token names ${token_env}, but it is not set.")
+        settings = EmulatorSettings(
+            state_path=state,
+            catalog_path=catalog,
+            faults=load_faults(faults) if faults else None,
+            quota_user_per_min=quota_user,
+            quota_workspace_per_min=quota_workspace,
+            token=token,
+            output_root=output_root,
+            time_scale=time_scale,
+            seed=seed,
+        )
+        demo_token = token_source.token_urlsafe(16)
+
+        def ready(base_url: str) -> None:
+            click.echo(f"sweeper emulator listening on {base_url}")
+            if token:
+                click.echo(f"token: the value of ${token_env}")
+            else:
+                click.echo(
+                    f"token: any bearer token is accepted, e.g. export DATAPREP_TOKEN={demo_token}"
+                )
+            click.echo(f'point a sweep at it with: [api] base_url = "{base_url}"', err=True)
+
+        serve(settings, host=host, port=port, on_ready=ready)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="sweeper")

@@ -1,0 +1,56 @@
+"""Build the API client a config asks for: the embedded emulator or a real base URL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+from sweeper.auth import build_auth, build_verify
+from sweeper.client import DataprepClient
+from sweeper.config import SweepConfig
+
+EMBEDDED_BASE_URL = "http://embedded.emulator"
+EMBEDDED_STATE = Path("results/.emulator/state.sqlite")
+
+
+def embedded_transport(state_path: Path = EMBEDDED_STATE) -> httpx.AsyncBaseTransport:
+    """An in-process transport to the emulator, its state kept in SQLite across runs.
+
+    Outputs land relative to the working directory, where a relative writeSettings path such as
+    ``results/out/...`` points.
+    """
+    from sweeper.emulator import EmulatorSettings, create_app
+
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    app = create_app(EmulatorSettings(state_path=state_path, output_root=Path.cwd()))
+    return httpx.ASGITransport(app=app)
+
+
+def connect(
+    config: SweepConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> DataprepClient:
+    """A DataprepClient for ``config.api``; raises ConfigError for missing or unsafe credentials."""
+    env = os.environ if environ is None else environ
+    api = config.api
+    auth = build_auth(api, env, config_path=config.path)
+    if api.embedded:
+        return DataprepClient(
+            EMBEDDED_BASE_URL,
+            auth=auth,
+            transport=transport or embedded_transport(),
+            timeout=api.timeout,
+        )
+    return DataprepClient(
+        api.base_url,
+        auth=auth,
+        transport=transport,
+        timeout=api.timeout,
+        verify=build_verify(api),
+        max_connections=max(10, config.run.concurrency),
+    )

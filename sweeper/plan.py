@@ -1,0 +1,220 @@
+"""Planning: which combinations to submit, resend, wait on or skip in a run, and why.
+
+Planning is pure: it reads the config and the ledger's history and touches no network, so
+``sweeper plan`` shows exactly what ``sweeper run`` will do.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sweeper.config import SweepConfig
+from sweeper.errors import ConfigError, MatrixError
+from sweeper.identity import canonical_json, execution_id
+from sweeper.ledger import Event, LedgerRow, current_state
+from sweeper.matrix import Combination, count_combinations, expand_matrix, parse_only, select
+from sweeper.template import render_request
+
+RERUN_POLICIES = ("incomplete", "failed", "all")
+
+
+class Action(str, enum.Enum):
+    SUBMIT = "submit"  # POST a new job group (first time in this run, or a new generation)
+    RESEND = "resend"  # POST again with the SAME execution id (in doubt or never sent)
+    WAIT = "wait"  # already submitted in this run: only poll it
+    SKIP = "skip"  # nothing to do (succeeded, or failed and not asked to rerun)
+
+
+@dataclass(frozen=True)
+class PlannedCombination:
+    combo: Combination
+    action: Action
+    reason: str
+    generation: int
+    execution_id: str
+    body: Mapping[str, Any]
+    last: LedgerRow | None = None
+
+    @property
+    def output_paths(self) -> tuple[str, ...]:
+        return output_paths(self.body)
+
+    @property
+    def job_group_id(self) -> int | None:
+        return self.last.job_group_id if self.last is not None else None
+
+
+@dataclass
+class PlanCounts:
+    total: int = 0
+    by_action: dict[str, int] = field(default_factory=lambda: {a.value: 0 for a in Action})
+
+    def add(self, item: PlannedCombination) -> None:
+        self.total += 1
+        self.by_action[item.action.value] += 1
+
+
+def output_paths(body: Mapping[str, Any]) -> tuple[str, ...]:
+    """The writeSettings paths of a rendered request body."""
+    overrides = body.get("overrides") or {}
+    settings = overrides.get("writesettings") or overrides.get("writeSettings") or ()
+    return tuple(str(ws.get("path", "")) for ws in settings)
+
+
+def _decide(
+    last: LedgerRow | None, rerun: str, sweep: str, run_id: str, combo_id: str
+) -> tuple[Action, str, int, str]:
+    """(action, reason, generation, execution id) for one combination, from its last ledger row."""
+    if last is None:
+        return Action.SUBMIT, "new in this run", 0, execution_id(sweep, run_id, combo_id)
+
+    gen, xid = (
+        last.generation,
+        last.execution_id or execution_id(sweep, run_id, combo_id, last.generation),
+    )
+    group = f"job group {last.job_group_id}" if last.job_group_id is not None else "no job group id"
+    next_gen = gen + 1
+
+    def rerun_as_new(reason: str) -> tuple[Action, str, int, str]:
+        return Action.SUBMIT, reason, next_gen, execution_id(sweep, run_id, combo_id, next_gen)
+
+    event = last.event
+    if event in (Event.INTENT, Event.IN_DOUBT):
+        return (
+            Action.RESEND,
+            f"in doubt after attempt {last.attempt}: resend with the same execution id",
+            gen,
+            xid,
+        )
+    if event is Event.NOT_SENT:
+        return Action.RESEND, "never reached the server last time: send again", gen, xid
+    if event is Event.CANCELED:
+        return rerun_as_new(f"canceled by sweeper on interrupt ({group}): run it again")
+    if event in (Event.DUPLICATE, Event.RECONCILED) and last.job_group_id is None:
+        if event is Event.RECONCILED:
+            return Action.RESEND, "not found on the server after a crash: send again", gen, xid
+        return Action.RESEND, "server has it (304) but lookup failed: ask again", gen, xid
+    if event in (Event.SUBMITTED, Event.DUPLICATE, Event.RECONCILED, Event.TIMED_OUT):
+        return Action.WAIT, f"submitted in this run ({group}), not finished yet", gen, xid
+    if event is Event.FINISHED and last.status == "Complete" and last.outputs_ok != "no":
+        if rerun == "all":
+            return rerun_as_new(f"succeeded ({group}); --rerun all")
+        return Action.SKIP, f"succeeded in this run ({group})", gen, xid
+    # Failed, Canceled on the server, rejected, or Complete with missing outputs.
+    what = "rejected" if event is Event.REJECTED else f"ended {last.status or 'unsuccessfully'}"
+    if last.outputs_ok == "no":
+        what = "completed but its outputs are missing"
+    if rerun in ("failed", "all"):
+        return rerun_as_new(f"{what} ({group}); --rerun {rerun}")
+    return (
+        Action.SKIP,
+        f"{what} in this run ({group}); use --rerun failed to run it again",
+        gen,
+        xid,
+    )
+
+
+class Planner:
+    """Expands a config into planned combinations against a ledger history."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        *,
+        history: Sequence[LedgerRow],
+        run_id: str,
+        as_of: datetime,
+        rerun: str = "incomplete",
+        only: Sequence[str] = (),
+        limit: int | None = None,
+    ) -> None:
+        if rerun not in RERUN_POLICIES:
+            raise ConfigError(f"--rerun must be one of {', '.join(RERUN_POLICIES)}, not {rerun!r}.")
+        self.config = config
+        self.run_id = run_id
+        self.as_of = as_of
+        self.rerun = rerun
+        self.only = parse_only(only, config.matrix)
+        self.limit = limit
+        self.state = current_state(history, run_id=run_id)
+
+    def count(self) -> int:
+        """Combinations in the matrix, computed without expanding it."""
+        return count_combinations(self.config.matrix, as_of=self.as_of)
+
+    def combinations(self) -> Iterator[Combination]:
+        combos = expand_matrix(
+            self.config.matrix, dataset=self.config.sweep.dataset, as_of=self.as_of
+        )
+        return select(combos, self.only, self.limit)
+
+    def __iter__(self) -> Iterator[PlannedCombination]:
+        cfg = self.config
+        for combo in self.combinations():
+            body = render_request(cfg.sweep.dataset, cfg.overrides, combo, self.run_id)
+            last = self.state.get(combo.combo_id)
+            action, reason, gen, xid = _decide(
+                last, self.rerun, cfg.sweep.name, self.run_id, combo.combo_id
+            )
+            yield PlannedCombination(combo, action, reason, gen, xid, body, last)
+
+    def check(self, *, allow_large: bool = False) -> PlanCounts:
+        """Refuse a plan that is too large or that has colliding combinations; count actions.
+
+        A full pass over the plan before anything is submitted: duplicate combinations, two
+        combinations sending the same request, or two writing the same output path are refused.
+        """
+        total = self.count()
+        limit = self.config.sweep.max_combinations
+        if total > limit and not allow_large:
+            raise MatrixError(
+                f"the matrix expands to {total:,} combinations, more than "
+                f"sweep.max_combinations = {limit:,}. Raise sweep.max_combinations, narrow the "
+                "matrix, or pass --allow-large.",
+                path=str(self.config.path),
+                key="sweep.max_combinations",
+            )
+        counts = PlanCounts()
+        seen_combo: set[str] = set()
+        seen_body: dict[str, str] = {}
+        seen_path: dict[str, str] = {}
+        for item in self:
+            cid = item.combo.combo_id
+            if cid in seen_combo:
+                raise MatrixError(
+                    f"the combination {describe(item.combo)} appears twice in the matrix "
+                    "(check rows files and [[matrix.include]] entries).",
+                    path=str(self.config.path),
+                    key="matrix",
+                )
+            seen_combo.add(cid)
+            body_key = canonical_json(item.body)
+            if body_key in seen_body:
+                raise MatrixError(
+                    f"combinations {seen_body[body_key]} and {cid} ({describe(item.combo)}) render "
+                    "the same request. Add the distinguishing parameter to the request.",
+                    path=str(self.config.path),
+                    key="overrides",
+                )
+            seen_body[body_key] = cid
+            for path in item.output_paths:
+                other = seen_path.setdefault(path, cid)
+                if other != cid:
+                    raise MatrixError(
+                        f"combinations {other} and {cid} ({describe(item.combo)}) both write "
+                        f"{path!r}. Put every parameter that varies into the path, e.g. "
+                        "{Region}, or use {combo_id}.",
+                        path=str(self.config.path),
+                        key="overrides.writeSettings.path",
+                    )
+            counts.add(item)
+        return counts
+
+
+def describe(combo: Combination) -> str:
+    """``Region=01 varReferenceType=PROD``: how a combination is shown to people."""
+    return " ".join(f"{k}={v}" for k, v in combo.params.items()) or "(no parameters)"

@@ -1,0 +1,287 @@
+"""How plans, progress and summaries look on a terminal, in JSON and in CSV."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, TextIO
+
+from sweeper.identity import canonical_json
+from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe
+from sweeper.runner import RunEvent, RunSummary, plan_message
+from sweeper.status import StatusResult
+
+SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
+REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
+
+
+class PlanDigest:
+    """One streaming pass over a plan: counts per axis, first/last items, non-submit reasons."""
+
+    def __init__(self, planner: Planner, *, keep_all: bool = False) -> None:
+        self.axes: dict[str, collections.Counter[str]] = collections.defaultdict(
+            collections.Counter
+        )
+        self.first: list[PlannedCombination] = []
+        self.last: collections.deque[PlannedCombination] = collections.deque(
+            maxlen=SHOWN_AT_EACH_END
+        )
+        self.notable: list[PlannedCombination] = []  # skip / resend / wait / rerun, with reasons
+        self.notable_count = 0
+        self.items: list[PlannedCombination] = []
+        for item in planner:
+            for key, value in item.combo.params.items():
+                self.axes[key][value] += 1
+            if keep_all:
+                self.items.append(item)
+            if len(self.first) < SHOWN_AT_EACH_END:
+                self.first.append(item)
+            else:
+                self.last.append(item)
+            if item.action.value != "submit" or item.generation:
+                self.notable_count += 1
+                if len(self.notable) < REASONS_SHOWN:
+                    self.notable.append(item)
+
+
+def _line(item: PlannedCombination) -> str:
+    return (
+        f"  {item.action.value:<6} {item.combo.combo_id}  {describe(item.combo)}  — {item.reason}"
+    )
+
+
+def plan_text(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -> str:
+    digest = PlanDigest(planner, keep_all=show_all)
+    out = [plan_message(counts, planner.config.sweep.name, planner.run_id)]
+    out.append(f"as of {planner.as_of.isoformat()}; ledger {planner.config.sweep.ledger}")
+    if digest.axes:
+        out.append("values per parameter:")
+        for key, values in digest.axes.items():
+            shown = ", ".join(f"{v} ({n})" for v, n in list(values.items())[:8])
+            more = f", ... {len(values) - 8} more" if len(values) > 8 else ""
+            out.append(f"  {key}: {len(values)} values: {shown}{more}")
+    if show_all:
+        out.append("combinations:")
+        out.extend(_line(i) for i in digest.items)
+    elif digest.first:
+        out.append("first combinations:")
+        out.extend(_line(i) for i in digest.first)
+        if digest.last:
+            out.append("last combinations:")
+            out.extend(_line(i) for i in digest.last)
+        out.append("first request body:")
+        out.append("  " + canonical_json(digest.first[0].body))
+    if digest.notable and not show_all:
+        out.append("skipped, resent, waited on or rerun, and why:")
+        out.extend(_line(i) for i in digest.notable)
+        if digest.notable_count > len(digest.notable):
+            out.append(
+                f"  ... and {digest.notable_count - len(digest.notable)} more (--all lists them)"
+            )
+    out.append("no output paths collide; nothing was submitted.")
+    return "\n".join(out)
+
+
+def _item_json(item: PlannedCombination) -> dict[str, Any]:
+    return {
+        "combo_id": item.combo.combo_id,
+        "params": dict(item.combo.params),
+        "action": item.action.value,
+        "reason": item.reason,
+        "generation": item.generation,
+        "execution_id": item.execution_id,
+        "body": item.body,
+    }
+
+
+def plan_json(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -> dict[str, Any]:
+    digest = PlanDigest(planner, keep_all=True)
+    return {
+        "sweep": planner.config.sweep.name,
+        "run_id": planner.run_id,
+        "as_of": planner.as_of.isoformat(),
+        "total": counts.total,
+        "actions": counts.by_action,
+        "axes": {k: dict(v) for k, v in digest.axes.items()},
+        "combinations": [_item_json(i) for i in digest.items],
+    }
+
+
+def write_plan_csv(planner: Planner, path: Path) -> None:
+    """The whole plan, one row per combination, streamed to a CSV file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = list(planner.config.matrix.param_names)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(
+            ["combo_id", "action", "reason", "generation", "execution_id", *names, "body"]
+        )
+        for item in planner:
+            params = [item.combo.params.get(n, "") for n in names]
+            writer.writerow(
+                [
+                    item.combo.combo_id,
+                    item.action.value,
+                    item.reason,
+                    item.generation,
+                    item.execution_id,
+                    *params,
+                    canonical_json(item.body),
+                ]
+            )
+
+
+def summary_text(s: RunSummary) -> str:
+    head = f"{s.sweep} run {s.run_id}: "
+    parts = [f"{s.succeeded} succeeded", f"{s.failed} failed"]
+    for label, n in (
+        ("in doubt", s.in_doubt),
+        ("running", s.running),
+        ("not sent", s.not_sent),
+        ("not started", s.pending),
+    ):
+        if n:
+            parts.append(f"{n} {label}")
+    lines = [head + ", ".join(parts) + f" (of {s.planned})."]
+    lines.append(
+        f"POSTs: {s.posts} ({s.submitted} created, {s.duplicates} already existed, "
+        f"{s.rate_limited} rate-limited); skipped: {s.skipped}; ledger: {s.ledger}"
+    )
+    if s.posts == 0 and s.planned and not s.aborted:
+        lines.append("Nothing new was submitted.")
+    for combo, error in s.failures[:10]:
+        lines.append(f"  failed: {combo}: {error}")
+    if s.aborted:
+        lines.append(f"Stopped: {s.aborted}")
+    if s.interrupted or s.aborted:
+        lines.append("The ledger is consistent: run the same command again to resume.")
+    if s.timed_out or (s.running and not s.wait):
+        lines.append(
+            f"Some job groups are still running: `sweeper status {s.ledger}` follows them."
+        )
+    return "\n".join(lines)
+
+
+class Progress:
+    """Run events on stderr: one line per combination decision, and a live counter on a TTY."""
+
+    QUIET_KINDS = frozenset({"settle"})
+
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = self.stream.isatty() and not quiet
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._status_shown = False
+        self._last_draw = 0.0
+
+    def event(self, event: RunEvent) -> None:
+        self.counts[event.kind] += 1
+        if self.quiet and event.kind not in ("paused", "interrupted", "timed_out"):
+            return
+        if event.kind not in self.QUIET_KINDS:
+            self._clear()
+            print(event.message, file=self.stream, flush=True)
+        self._draw()
+
+    def _clear(self) -> None:
+        if self.tty and self._status_shown:
+            self.stream.write("\r\x1b[2K")
+            self._status_shown = False
+
+    def _draw(self) -> None:
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        c = self.counts
+        self.stream.write(
+            f"\r\x1b[2K[sweeper] submitted {c['submitted'] + c['duplicate'] + c['reconciled']}"
+            f" · finished {c['finished']} · skipped {c['skip']} · retries {c['retry']}"
+            f" · in doubt {c['in_doubt']}"
+        )
+        self.stream.flush()
+        self._status_shown = True
+
+    def close(self) -> None:
+        self._clear()
+
+
+def dump_json(data: Any, stream: TextIO) -> None:
+    json.dump(data, stream, indent=2, default=str)
+    stream.write("\n")
+
+
+def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
+    """A plain aligned text table."""
+    head = [str(h) for h in headers]
+    body = [[str(c) for c in r] for r in rows]
+    widths = (
+        [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+        if body
+        else [len(h) for h in head]
+    )
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(
+        [fmt.format(*head), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in body]
+    )
+
+
+def _status_rows(result: StatusResult) -> list[dict[str, Any]]:
+    from sweeper.runner import classify
+
+    return [
+        {
+            "combo_id": r.combo_id,
+            "params": dict(r.params),
+            "state": classify(r),
+            "event": r.event.value,
+            "status": r.status,
+            "job_group_id": r.job_group_id,
+            "error": r.error,
+            "ts": r.ts,
+        }
+        for r in result.rows
+    ]
+
+
+def status_json(result: StatusResult) -> dict[str, Any]:
+    return {
+        "run_id": result.run_id,
+        "counts": result.counts(),
+        "refreshed": result.refreshed,
+        "finished_now": result.finished,
+        "errors": result.errors,
+        "combinations": _status_rows(result),
+    }
+
+
+def status_text(result: StatusResult) -> str:
+    rows = _status_rows(result)
+    body = table(
+        (
+            [
+                r["state"],
+                r["status"] or r["event"],
+                r["job_group_id"] or "",
+                " ".join(f"{k}={v}" for k, v in r["params"].items()),
+                r["error"][:60],
+            ]
+            for r in rows
+        ),
+        ["state", "status", "job group", "combination", "error"],
+    )
+    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.counts().items())
+    head = f"run {result.run_id}: {counts or 'no combinations'}"
+    if result.refreshed:
+        head += f" (asked about {result.refreshed} job groups, {result.finished} ended since)"
+    lines = [head, body] if rows else [head]
+    lines.extend(f"warning: {e}" for e in result.errors[:10])
+    return "\n".join(lines)

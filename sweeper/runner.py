@@ -1,0 +1,713 @@
+"""run_sweep(): plan -> submit -> wait, writing every step to the ledger before it matters.
+
+The order of writes is the safety argument:
+
+1. an ``intent`` row (fsynced) before every POST, carrying the execution id;
+2. the POST, always with that same ``x-execution-id``, so a resend can only ever get 304;
+3. a row for the outcome (``submitted``, ``duplicate``, ``reconciled``, ``rejected``,
+   ``in_doubt``, ``not_sent``), then ``finished`` when the job group ends.
+
+A crash between 1 and 3 leaves ``intent`` as the last row; the next run resends with the same
+execution id (after a settle time) and looks the group up, so no combination is created twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sweeper.client import DataprepClient, JobGroupState, Submission
+from sweeper.config import SweepConfig
+from sweeper.errors import (
+    ApiError,
+    AuthError,
+    FailureClass,
+    RunAbortedError,
+    SweeperError,
+)
+from sweeper.ledger import Event, Ledger, LedgerRow, current_state
+from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
+from sweeper.retry import (
+    CircuitBreaker,
+    PollGate,
+    RateLimiter,
+    RetryBudget,
+    RetryPolicy,
+    call_with_retry,
+    poll_delays,
+)
+
+log = logging.getLogger("sweeper.runner")
+
+TERMINAL = ("Complete", "Failed", "Canceled")
+
+
+def utc_now() -> str:
+    """UTC ISO-8601 with milliseconds, as the API writes timestamps."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: str) -> float | None:
+    """Seconds since the epoch for an ISO-8601 timestamp, or None."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class RunSummary:
+    """What a run did and where every combination in scope stands at its end."""
+
+    sweep: str
+    run_id: str
+    as_of: str
+    ledger: str
+    wait: bool = True
+    planned: int = 0
+    skipped: int = 0
+    posts: int = 0  # POST attempts sent
+    submitted: int = 0  # 201s
+    duplicates: int = 0  # 304s
+    rate_limited: int = 0  # 429/503 answers
+    retries: int = 0
+    # Current state of the combinations in scope, from the ledger at the end:
+    succeeded: int = 0
+    failed: int = 0
+    in_doubt: int = 0
+    running: int = 0
+    not_sent: int = 0
+    pending: int = 0  # never attempted (interrupted or timed out before its turn)
+    interrupted: bool = False
+    timed_out: bool = False
+    aborted: str = ""  # why the run stopped itself, if it did
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (combination, error)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all good, 1 the run could not go on, 3 finished with failures or doubt (DESIGN.md)."""
+        if self.aborted or self.interrupted:
+            return 1
+        bad = self.failed + self.in_doubt + self.not_sent + self.pending
+        if self.wait:
+            bad += self.running
+        return 3 if bad else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["failures"] = [{"combination": c, "error": e} for c, e in self.failures]
+        data["exit_code"] = self.exit_code
+        return data
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One line of progress; the CLI decides how (and whether) to show it."""
+
+    kind: str  # plan, skip, submit, submitted, duplicate, reconciled, rejected, retry, in_doubt,
+    # not_sent, paused, finished, timed_out, canceled, interrupted, settle, done
+    message: str
+    item: PlannedCombination | None = None
+
+
+class Interrupt:
+    """First signal: stop submitting. Second signal: also cancel in-flight job groups."""
+
+    def __init__(self, *, cancel_on_interrupt: bool = False) -> None:
+        self.stop = asyncio.Event()
+        self.cancel = asyncio.Event()
+        self.cancel_on_interrupt = cancel_on_interrupt
+
+    def signal(self) -> None:
+        if self.stop.is_set() or self.cancel_on_interrupt:
+            self.cancel.set()
+        self.stop.set()
+
+
+class _Stopped(Exception):
+    """Raised inside a retry sleep when the run is told to stop."""
+
+
+class _Run:
+    def __init__(
+        self,
+        config: SweepConfig,
+        *,
+        client: DataprepClient,
+        ledger: Ledger,
+        planner: Planner,
+        wait: bool,
+        interrupt: Interrupt,
+        on_event: Callable[[RunEvent], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.ledger = ledger
+        self.planner = planner
+        self.wait = wait
+        self.interrupt = interrupt
+        self.emit = on_event
+        self.clock = clock
+        self.as_of = planner.as_of.isoformat()
+        rate = config.run.rate
+        self.limiter = RateLimiter(rate.count, rate.per_seconds)
+        self.policy = RetryPolicy.from_settings(config.retry)
+        self.budget = RetryBudget(config.retry.budget)
+        self.breaker = CircuitBreaker(
+            config.retry.breaker_threshold,
+            config.retry.breaker_pause,
+            config.retry.breaker_max_opens,
+            on_open=self._on_breaker_open,
+        )
+        self.poll_gate = PollGate(config.run.max_polls_per_second)
+        self.deadline = clock() + config.run.timeout
+        self.summary = RunSummary(
+            sweep=config.sweep.name,
+            run_id=planner.run_id,
+            as_of=self.as_of,
+            ledger=str(ledger.path),
+            wait=wait,
+        )
+        self.open_groups: dict[str, tuple[PlannedCombination, int]] = {}
+        self.pollers: set[asyncio.Task[None]] = set()
+        self.abort: SweeperError | None = None
+        self.stopping = asyncio.Event()  # interrupt, abort or deadline: submit nothing new
+
+    # -- ledger ---------------------------------------------------------------------------
+
+    def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+        fields.setdefault("reason", item.reason)
+        row = LedgerRow(
+            ts=utc_now(),
+            sweep=self.config.sweep.name,
+            run_id=self.planner.run_id,
+            combo_id=item.combo.combo_id,
+            event=event,
+            generation=item.generation,
+            execution_id=item.execution_id,
+            params=item.combo.params,
+            config_hash=self.config.config_hash,
+            as_of=self.as_of,
+            **fields,
+        )
+        self.ledger.append(row)
+        return row
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def _on_breaker_open(self, pause: float) -> None:
+        self.emit(
+            RunEvent(
+                "paused",
+                f"PAUSED: the platform refused {self.config.retry.breaker_threshold} requests in a "
+                f"row (429/5xx); submission pauses for {pause:.0f}s.",
+            )
+        )
+
+    def _stop(self, why: SweeperError | None = None) -> None:
+        if why is not None and self.abort is None:
+            self.abort = why
+        self.stopping.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake up (raising _Stopped) as soon as the run is told to stop."""
+        if self.stopping.is_set():
+            raise _Stopped
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), timeout=max(0.0, seconds))
+        if self.stopping.is_set():
+            raise _Stopped
+
+    async def _watch_signals(self) -> None:
+        await self.interrupt.stop.wait()
+        if not self.stopping.is_set():
+            self.summary.interrupted = True
+            self.emit(
+                RunEvent(
+                    "interrupted",
+                    "Interrupted: submitting nothing new; recording what is in flight. "
+                    "Run the same command again to resume"
+                    + (
+                        "."
+                        if self.interrupt.cancel_on_interrupt
+                        else " (interrupt again to cancel the running job groups)."
+                    ),
+                )
+            )
+        self.stopping.set()
+
+    # -- submission -----------------------------------------------------------------------
+
+    async def submit(self, item: PlannedCombination) -> None:
+        attempt = 0
+        last_error: ApiError | None = None
+        last_ts = parse_ts(item.last.ts) if item.last is not None else None
+        if item.action is Action.RESEND and last_ts is not None:
+            # A request sent just before a crash may still be in flight on the server:
+            # give it time to land before trusting what the server says (reliability-perf §1.4).
+            settle = last_ts + self.config.run.settle - time.time()
+            if settle > 0:
+                self.emit(
+                    RunEvent(
+                        "settle", f"waiting {settle:.1f}s for in-flight requests to settle", item
+                    )
+                )
+                try:
+                    await self._sleep(settle)
+                except _Stopped:
+                    return
+
+        async def once() -> Submission:
+            nonlocal attempt
+            await self.breaker.wait_if_open()
+            await self.limiter.acquire()
+            if self.stopping.is_set() and attempt == 0:
+                raise _Stopped
+            attempt += 1
+            self.write(item, Event.INTENT, attempt=attempt)  # fsynced before the request leaves
+            self.summary.posts += 1
+            try:
+                result = await self.client.create_job_group(
+                    item.body, execution_id=item.execution_id
+                )
+            except ApiError as exc:
+                self.breaker.record(
+                    exc.failure not in (FailureClass.REJECTED, FailureClass.IN_DOUBT)
+                )
+                if exc.failure is FailureClass.REJECTED:
+                    self.summary.rate_limited += 1
+                raise
+            self.breaker.record(True)
+            return result
+
+        def on_retry(number: int, error: ApiError, delay: float) -> None:
+            nonlocal last_error
+            last_error = error
+            self.summary.retries += 1
+            if error.failure is FailureClass.IN_DOUBT:
+                self.write(
+                    item,
+                    Event.IN_DOUBT,
+                    attempt=number,
+                    http_status=error.status_code,
+                    error=str(error),
+                    request_id=error.request_id or "",
+                )
+            self.emit(
+                RunEvent(
+                    "retry", f"{describe(item.combo)}: {error} — retrying in {delay:.1f}s", item
+                )
+            )
+
+        self.emit(
+            RunEvent("submit", f"{item.action.value} {describe(item.combo)}: {item.reason}", item)
+        )
+        try:
+            sub = await call_with_retry(
+                once, self.policy, budget=self.budget, on_retry=on_retry, sleep=self._sleep
+            )
+        except _Stopped:
+            if attempt == 0:
+                return  # never sent: nothing to record, the next run submits it
+            self._record_failure(
+                item, last_error, attempt, note="interrupted before it was resolved"
+            )
+            return
+        except RunAbortedError as exc:
+            if attempt:
+                self._record_failure(item, last_error, attempt, note=str(exc))
+            self._stop(exc)
+            return
+        except ApiError as exc:
+            self._record_failure(item, exc, attempt)
+            if isinstance(exc, AuthError):
+                self._stop(exc)
+            return
+        await self._record_submission(item, sub, attempt)
+
+    def _record_failure(
+        self, item: PlannedCombination, error: ApiError | None, attempt: int, note: str = ""
+    ) -> None:
+        text = "; ".join(t for t in (str(error) if error else "", note) if t)
+        status = error.status_code if error else None
+        request_id = (error.request_id or "") if error else ""
+        failure = error.failure if error else FailureClass.NOT_SENT
+        if failure is FailureClass.IN_DOUBT or (error is None and attempt):
+            event, kind = Event.IN_DOUBT, "in_doubt"
+        elif failure is FailureClass.PERMANENT:
+            event, kind = Event.REJECTED, "rejected"
+        else:  # NOT_SENT, REJECTED (429/503) or AUTH: the server provably did not create it
+            event, kind = Event.NOT_SENT, "not_sent"
+        self.write(
+            item, event, attempt=attempt, http_status=status, error=text, request_id=request_id
+        )
+        self.emit(RunEvent(kind, f"{describe(item.combo)}: {kind.replace('_', ' ')}: {text}", item))
+
+    async def _record_submission(
+        self, item: PlannedCombination, sub: Submission, attempt: int
+    ) -> None:
+        common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
+        if sub.status_code == 201 and sub.job_group_id is not None:
+            self.summary.submitted += 1
+            self.write(
+                item,
+                Event.SUBMITTED,
+                job_group_id=sub.job_group_id,
+                session_id=sub.session_id,
+                job_ids=sub.job_ids,
+                status="Created",
+                **common,
+            )
+            self.emit(
+                RunEvent("submitted", f"{describe(item.combo)}: job group {sub.job_group_id}", item)
+            )
+            self._watch(item, sub.job_group_id)
+            return
+        # 304: the server already has this execution id. Find the group so the ledger gets its id.
+        self.summary.duplicates += 1
+        event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
+        found = await self._lookup(item)
+        if found is None:
+            self.write(
+                item,
+                event,
+                error="the server already has this execution id (304), but no job group "
+                "matched in its listing; check the platform's job history",
+                **common,
+            )
+            self.emit(
+                RunEvent(
+                    "in_doubt",
+                    f"{describe(item.combo)}: exists on the server (304), id unknown",
+                    item,
+                )
+            )
+            return
+        self.write(
+            item,
+            event,
+            job_group_id=found.id,
+            job_ids=tuple(j.id for j in found.jobs),
+            status=found.status,
+            **common,
+        )
+        self.emit(
+            RunEvent(
+                event.value, f"{describe(item.combo)}: already exists as job group {found.id}", item
+            )
+        )
+        self._watch(item, found.id)
+
+    async def _lookup(self, item: PlannedCombination) -> JobGroupState | None:
+        since = None
+        if item.last is not None and (ts := parse_ts(item.last.ts)) is not None:
+            # The group may have been created by the first attempt of this generation, which can
+            # precede the last row by up to the whole retry window.
+            since = datetime.fromtimestamp(
+                ts - self.config.retry.total - 60, timezone.utc
+            ).isoformat()
+        try:
+            return await self.client.find_job_group(
+                dataset_id=self.config.sweep.dataset,
+                run_parameters=item.combo.params,
+                output_paths=item.output_paths,
+                created_after=since,
+            )
+        except ApiError as exc:
+            log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
+            return None
+
+    # -- waiting --------------------------------------------------------------------------
+
+    def _watch(self, item: PlannedCombination, job_group_id: int) -> None:
+        self.open_groups[item.combo.combo_id] = (item, job_group_id)
+        if self.wait:
+            task = asyncio.create_task(self.poll(item, job_group_id))
+            self.pollers.add(task)
+            task.add_done_callback(self.pollers.discard)
+
+    async def _get(self, job_group_id: int) -> JobGroupState:
+        async def once() -> JobGroupState:
+            await self.poll_gate.acquire()
+            return await self.client.get_job_group(job_group_id)
+
+        return await call_with_retry(once, self.policy, budget=self.budget, sleep=self._sleep)
+
+    async def poll(self, item: PlannedCombination, job_group_id: int) -> None:
+        state: JobGroupState | None = None
+        try:
+            for delay in poll_delays(
+                self.config.run.poll_interval, self.config.run.poll_max_interval
+            ):
+                remaining = self.deadline - self.clock()
+                if remaining <= 0:
+                    break
+                await self._sleep(min(delay, remaining))
+                try:
+                    state = await self._get(job_group_id)
+                except AuthError as exc:
+                    self._stop(exc)
+                    return
+                except ApiError as exc:
+                    log.warning("polling job group %s failed: %s", job_group_id, exc)
+                    continue
+                if state.terminal:
+                    await self._finish(item, state)
+                    return
+        except _Stopped:
+            if not self.summary.timed_out:
+                return  # interrupted: the submitted row already says it is running
+        self.summary.timed_out = True
+        self.write(
+            item,
+            Event.TIMED_OUT,
+            job_group_id=job_group_id,
+            status=state.status if state else "",
+            reason="run.timeout reached while it was running",
+        )
+        self.emit(
+            RunEvent("timed_out", f"{describe(item.combo)}: still running at run.timeout", item)
+        )
+
+    async def _finish(self, item: PlannedCombination, state: JobGroupState) -> None:
+        self.open_groups.pop(item.combo.combo_id, None)
+        outputs_ok, note = "", ""
+        if state.status == "Complete" and self.config.run.verify_outputs:
+            outputs_ok, note = await self._verify_outputs(item, state)
+        created, updated = parse_ts(state.created_at), parse_ts(state.updated_at)
+        duration = (
+            round(updated - created, 3) if created is not None and updated is not None else None
+        )
+        error = state.error if state.status != "Complete" else note
+        self.write(
+            item,
+            Event.FINISHED,
+            job_group_id=state.id,
+            job_ids=tuple(j.id for j in state.jobs),
+            status=state.status,
+            error=error,
+            duration_s=duration,
+            outputs_ok=outputs_ok,
+        )
+        verdict = state.status + (f" (outputs: {outputs_ok})" if outputs_ok else "")
+        self.emit(
+            RunEvent("finished", f"{describe(item.combo)}: job group {state.id} {verdict}", item)
+        )
+
+    async def _verify_outputs(
+        self, item: PlannedCombination, state: JobGroupState
+    ) -> tuple[str, str]:
+        """Second signal of success: every output the request asked for exists."""
+        expected = item.output_paths
+        if not expected:
+            return "unchecked", "no writeSettings in the request: outputs not checked"
+        listed: tuple[str, ...] | None = None
+        missing: list[str] = []
+        for path in expected:
+            if "://" not in path:
+                if not await asyncio.to_thread(Path(path).exists):
+                    missing.append(path)
+                continue
+            if listed is None:
+                try:
+                    listed = await self.client.get_outputs(state.id)
+                except ApiError:
+                    return "unchecked", "the platform did not list outputs: not checked"
+            if not any(p == path or p.endswith(path.split("://", 1)[1]) for p in listed):
+                missing.append(path)
+        if missing:
+            return "no", "outputs missing: " + ", ".join(missing)
+        return "yes", ""
+
+    async def cancel_open_groups(self) -> None:
+        for combo_id, (item, job_group_id) in list(self.open_groups.items()):
+            try:
+                job_ids = await self.client.cancel_job_group(job_group_id)
+            except ApiError as exc:
+                self.emit(
+                    RunEvent("canceled", f"{describe(item.combo)}: cancel failed: {exc}", item)
+                )
+                continue
+            self.open_groups.pop(combo_id, None)
+            self.write(
+                item,
+                Event.CANCELED,
+                job_group_id=job_group_id,
+                job_ids=job_ids,
+                status="Canceled",
+                reason="canceled by sweeper on interrupt",
+            )
+            self.emit(
+                RunEvent(
+                    "canceled", f"{describe(item.combo)}: canceled job group {job_group_id}", item
+                )
+            )
+
+    # -- the whole run --------------------------------------------------------------------
+
+    async def execute(self, counts: PlanCounts) -> RunSummary:
+        self.summary.planned = counts.total
+        signals = asyncio.create_task(self._watch_signals())
+        deadline = asyncio.create_task(self._deadline())
+        queue: asyncio.Queue[PlannedCombination | None] = asyncio.Queue(
+            maxsize=2 * self.config.run.concurrency
+        )
+        workers = [
+            asyncio.create_task(self._worker(queue)) for _ in range(self.config.run.concurrency)
+        ]
+        try:
+            await self._produce(queue)
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+            while self.pollers:
+                await asyncio.gather(*list(self.pollers), return_exceptions=True)
+            if self.interrupt.cancel.is_set():
+                await self.cancel_open_groups()
+        finally:
+            for task in (signals, deadline, *workers, *self.pollers):
+                task.cancel()
+        self._tally()
+        return self.summary
+
+    async def _deadline(self) -> None:
+        await asyncio.sleep(max(0.0, self.deadline - self.clock()))
+        if not self.stopping.is_set():
+            self.summary.timed_out = True
+            self.emit(RunEvent("timed_out", "run.timeout reached: submitting nothing new."))
+            self.stopping.set()
+
+    async def _produce(self, queue: asyncio.Queue[PlannedCombination | None]) -> None:
+        for item in self.planner:
+            if self.stopping.is_set():
+                return
+            if item.action is Action.SKIP:
+                self.summary.skipped += 1
+                self.emit(RunEvent("skip", f"skip {describe(item.combo)}: {item.reason}", item))
+            elif item.action is Action.WAIT:
+                assert item.job_group_id is not None
+                self.emit(RunEvent("wait", f"wait {describe(item.combo)}: {item.reason}", item))
+                self._watch(item, item.job_group_id)
+            else:
+                await queue.put(item)
+
+    async def _worker(self, queue: asyncio.Queue[PlannedCombination | None]) -> None:
+        while (item := await queue.get()) is not None:
+            if not self.stopping.is_set():
+                await self.submit(item)
+
+    def _tally(self) -> None:
+        """Classify every combination in scope by its last row in this run."""
+        s = self.summary
+        state = current_state(self.ledger.history(), run_id=self.planner.run_id)
+        for combo in self.planner.combinations():
+            row = state.get(combo.combo_id)
+            kind = classify(row)
+            setattr(s, kind, getattr(s, kind) + 1)
+            if kind == "failed" and row is not None and len(s.failures) < 50:
+                s.failures.append((describe(combo), row.error or row.status or row.event.value))
+        if self.abort is not None:
+            s.aborted = str(self.abort)
+
+
+def classify(row: LedgerRow | None) -> str:
+    """succeeded, failed, in_doubt, running, not_sent or pending: a combination's last row."""
+    if row is None:
+        return "pending"
+    event = row.event
+    if event is Event.FINISHED:
+        ok = row.status == "Complete" and row.outputs_ok != "no"
+        return "succeeded" if ok else "failed"
+    if event in (Event.REJECTED, Event.CANCELED):
+        return "failed"
+    if event in (Event.INTENT, Event.IN_DOUBT):
+        return "in_doubt"
+    if event in (Event.DUPLICATE, Event.RECONCILED) and row.job_group_id is None:
+        return "in_doubt" if event is Event.DUPLICATE else "not_sent"
+    if event is Event.NOT_SENT:
+        return "not_sent"
+    return "running"  # submitted, duplicate/reconciled with an id, timed_out
+
+
+async def run_sweep(
+    config: SweepConfig,
+    *,
+    client: DataprepClient,
+    ledger: Ledger,
+    run_id: str,
+    as_of: datetime,
+    rerun: str = "incomplete",
+    only: Sequence[str] = (),
+    limit: int | None = None,
+    wait: bool | None = None,
+    allow_large: bool = False,
+    interrupt: Interrupt | None = None,
+    on_event: Callable[[RunEvent], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> RunSummary:
+    """Run one sweep: plan, submit what needs submitting, wait, and return the summary.
+
+    Raises ConfigError/MatrixError before anything is submitted if the plan is invalid.
+    """
+    planner = Planner(
+        config,
+        history=ledger.history(),
+        run_id=run_id,
+        as_of=as_of,
+        rerun=rerun,
+        only=only,
+        limit=limit,
+    )
+    counts = planner.check(allow_large=allow_large)
+    emit = on_event or (lambda event: None)
+    run = _Run(
+        config,
+        client=client,
+        ledger=ledger,
+        planner=planner,
+        wait=config.run.wait if wait is None else wait,
+        interrupt=interrupt or Interrupt(),
+        on_event=emit,
+        clock=clock,
+    )
+    emit(RunEvent("plan", plan_message(counts, config.sweep.name, run_id)))
+    if counts.total == 0:
+        return run.summary
+    return await run.execute(counts)
+
+
+def plan_message(counts: PlanCounts, sweep: str, run_id: str) -> str:
+    a = counts.by_action
+    if counts.total == 0:
+        return f"{sweep}: the matrix is empty; nothing to do."
+    todo = a["submit"] + a["resend"]
+    head = f"{sweep} run {run_id}: {counts.total} combinations"
+    parts = [
+        f"{a['submit']} to submit",
+        f"{a['resend']} to resend",
+        f"{a['wait']} to wait on",
+        f"{a['skip']} to skip",
+    ]
+    tail = "" if todo or a["wait"] else " — nothing new to submit"
+    return f"{head}: " + ", ".join(parts) + tail
+
+
+def latest_as_of(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
+    """The as-of a run already resolved its relative dates against, so a resume does not drift."""
+    for row in history:
+        if row.run_id == run_id and row.as_of:
+            try:
+                return datetime.fromisoformat(row.as_of)
+            except ValueError:
+                return None
+    return None

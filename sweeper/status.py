@@ -1,0 +1,123 @@
+"""`sweeper status`: bring the ledger up to date with job groups that were still running."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweeper.client import DataprepClient, JobGroupState
+from sweeper.config import SweepConfig, load_config
+from sweeper.errors import ApiError, AuthError
+from sweeper.ledger import Event, Ledger, LedgerRow, current_state
+from sweeper.retry import PollGate, poll_delays
+from sweeper.runner import classify, parse_ts, utc_now
+
+
+@dataclass
+class StatusResult:
+    run_id: str
+    rows: list[LedgerRow]  # the current row per combination, after refreshing
+    refreshed: int = 0  # job groups asked about
+    finished: int = 0  # of which are now terminal (a `finished` row was appended)
+    errors: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            kind = classify(row)
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    @property
+    def open(self) -> int:
+        return sum(1 for row in self.rows if classify(row) == "running")
+
+
+def open_groups(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
+    """Rows whose job group was submitted but is not known to have ended."""
+    return [r for r in rows if classify(r) == "running" and r.job_group_id is not None]
+
+
+def find_config_for(
+    ledger: Path, search: Sequence[Path] = (Path("configs"), Path("."))
+) -> Path | None:
+    """The sweep file whose ledger is ``ledger``, looked for in ``configs/`` and here."""
+    target = ledger.resolve()
+    for folder in search:
+        for candidate in sorted(folder.glob("*.toml")):
+            try:
+                if load_config(candidate).sweep.ledger.resolve() == target:
+                    return candidate
+            except Exception:  # an unrelated broken TOML file is not our business
+                continue
+    return None
+
+
+def _finished_row(row: LedgerRow, state: JobGroupState) -> LedgerRow:
+    created, updated = parse_ts(state.created_at), parse_ts(state.updated_at)
+    return LedgerRow(
+        ts=utc_now(),
+        sweep=row.sweep,
+        run_id=row.run_id,
+        combo_id=row.combo_id,
+        event=Event.FINISHED,
+        generation=row.generation,
+        execution_id=row.execution_id,
+        params=row.params,
+        job_group_id=state.id,
+        job_ids=tuple(j.id for j in state.jobs),
+        status=state.status,
+        error=state.error if state.status != "Complete" else "",
+        duration_s=round(updated - created, 3)
+        if created is not None and updated is not None
+        else None,
+        config_hash=row.config_hash,
+        as_of=row.as_of,
+        reason="refreshed by sweeper status",
+    )
+
+
+async def refresh(
+    config: SweepConfig,
+    *,
+    client: DataprepClient,
+    ledger: Ledger,
+    run_id: str | None = None,
+    watch: bool = False,
+    on_change: Callable[[StatusResult], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> StatusResult:
+    """Ask the API about every open job group of the run and append `finished` rows.
+
+    With ``watch``, keep asking (with the run's poll backoff) until every group has ended.
+    """
+    history = ledger.history()
+    rid = run_id or (history[-1].run_id if history else "")
+    result = StatusResult(run_id=rid, rows=[])
+    gate = PollGate(config.run.max_polls_per_second)
+    delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
+    while True:
+        state = current_state(ledger.history(), run_id=rid)
+        pending = open_groups(list(state.values()))
+        for row in pending:
+            assert row.job_group_id is not None
+            await gate.acquire()
+            result.refreshed += 1
+            try:
+                group = await client.get_job_group(row.job_group_id)
+            except AuthError:
+                raise
+            except ApiError as exc:
+                result.errors.append(f"job group {row.job_group_id}: {exc}")
+                continue
+            if group.terminal:
+                ledger.append(_finished_row(row, group))
+                result.finished += 1
+        result.rows = list(current_state(ledger.history(), run_id=rid).values())
+        if on_change is not None:
+            on_change(result)
+        if not watch or result.open == 0:
+            return result
+        await sleep(next(delays))

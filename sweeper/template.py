@@ -1,0 +1,218 @@
+"""Render the ``overrides`` template into the exact ``POST /v4/jobGroups`` body; path safety.
+
+Placeholders in any string of the overrides: ``{Param}`` (the string sent for that parameter),
+``{Param:%Y/%m/%d}`` (strftime for date values, a Python format spec otherwise), ``{run_id}`` and
+``{combo_id}``. ``{{`` and ``}}`` are literal braces.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, time
+from typing import Any
+from urllib.parse import unquote
+
+from sweeper.errors import MatrixError
+from sweeper.matrix import Combination, MatrixSpec, did_you_mean
+
+BUILTIN_FIELDS = ("run_id", "combo_id")
+WRITE_SETTINGS_KEYS = ("writesettings", "writeSettings")
+
+_formatter = string.Formatter()
+_PATH_KEY = re.compile(r"overrides\.(?:writesettings|writeSettings)\[\d+\]\.path")
+
+
+@dataclass(frozen=True)
+class Collision:
+    """Two combinations render the same output path (or request)."""
+
+    path: str
+    first_combo_id: str
+    combo_id: str
+
+
+def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
+    """Every string in a nested template and its key path (``overrides.writesettings[0].path``)."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _walk(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _walk(v, f"{key}[{i}]")
+
+
+def _fields(text: str, key: str) -> list[tuple[str, str, str | None]]:
+    """``(literal, field, spec)`` pieces of one template string; MatrixError if malformed."""
+    try:
+        parsed = list(_formatter.parse(text))
+    except ValueError as exc:
+        raise MatrixError(
+            f"The template {text!r} is malformed ({exc}); write {{{{ and }}}} for literal braces.",
+            key=key,
+        ) from None
+    pieces: list[tuple[str, str, str | None]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            pieces.append((literal, "", None))
+            continue
+        if not name:
+            raise MatrixError(
+                f"The template {text!r} has an empty placeholder {{}}; name a parameter, e.g. "
+                "{Region}.",
+                key=key,
+            )
+        if conversion or (spec and ("{" in spec or "}" in spec)):
+            raise MatrixError(
+                f"The placeholder {{{name}}} in {text!r} uses a conversion or a nested field, "
+                "which templates do not support; write {Param} or {Param:format}.",
+                key=key,
+            )
+        pieces.append((literal, name, spec or None))
+    return pieces
+
+
+def _is_path(key: str) -> bool:
+    return _PATH_KEY.fullmatch(key) is not None
+
+
+def check_template(overrides: Mapping[str, Any], spec: MatrixSpec) -> None:
+    """Fail before any expansion if a placeholder is malformed or names no parameter."""
+    known = list(spec.param_names) + list(BUILTIN_FIELDS)
+    for key, text in _walk(overrides, "overrides"):
+        for _, name, _ in _fields(text, key):
+            if name and name not in known:
+                raise MatrixError(
+                    f"The placeholder {{{name}}} names no parameter.{did_you_mean(name, known)} "
+                    f"Known: {', '.join(known)}.",
+                    path=spec.source or None,
+                    key=key,
+                )
+
+
+def _unsafe(text: str) -> str | None:
+    """Why a value cannot be one component of an output path, or None if it can."""
+    for candidate in {text, unquote(text), unicodedata.normalize("NFKC", text)}:
+        if candidate.strip() in ("", ".", ".."):
+            return "is empty, '.' or '..'"
+        if "/" in candidate or "\\" in candidate:
+            return "contains a path separator"
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in candidate):
+            return "contains NUL or a control character"
+    return None
+
+
+def _render_field(
+    name: str, spec: str | None, combo: Combination, run_id: str, key: str, path: bool
+) -> str:
+    if name == "run_id":
+        value: object = run_id
+        text = run_id
+    elif name == "combo_id":
+        value = text = combo.combo_id
+    elif name in combo.params:
+        value, text = combo.values.get(name, combo.params[name]), combo.params[name]
+    else:
+        raise MatrixError(
+            f"The placeholder {{{name}}} has no value in combination {combo.combo_id} "
+            f"({_describe_combo(combo)}): an include added a combination without it. Add "
+            f"{name} to that include, or drop the placeholder.",
+            key=key,
+        )
+    templated_date = spec is not None and isinstance(value, (date, time))
+    if spec is not None:
+        try:
+            text = value.strftime(spec) if isinstance(value, (date, time)) else format(value, spec)
+        except (ValueError, TypeError) as exc:
+            raise MatrixError(
+                f"Cannot format {{{name}:{spec}}} with the value {text!r}: {exc}.", key=key
+            ) from None
+    # A strftime pattern's own slashes are the template author's; only values are checked.
+    if path and not templated_date:
+        reason = _unsafe(text)
+        if reason:
+            raise MatrixError(
+                f"The value {text!r} of {{{name}}} {reason}, so the output path would leave its "
+                f"directory; combination {combo.combo_id} ({_describe_combo(combo)}). Change the "
+                "value, or put it in a part of the path that is not templated.",
+                key=key,
+            )
+    return text
+
+
+def _describe_combo(combo: Combination) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in combo.params.items())
+
+
+def render_string(text: str, combo: Combination, run_id: str, *, key: str = "overrides") -> str:
+    """One template string with its placeholders filled in."""
+    path = _is_path(key)
+    out: list[str] = []
+    for literal, name, spec in _fields(text, key):
+        out.append(literal)
+        if name:
+            out.append(_render_field(name, spec, combo, run_id, key, path))
+    return "".join(out)
+
+
+def _render(value: Any, combo: Combination, run_id: str, key: str) -> Any:
+    if isinstance(value, str):
+        return render_string(value, combo, run_id, key=key)
+    if isinstance(value, Mapping):
+        return {k: _render(v, combo, run_id, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_render(v, combo, run_id, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def render_request(
+    dataset: int, overrides: Mapping[str, Any], combo: Combination, run_id: str
+) -> dict[str, Any]:
+    """The exact ``POST /v4/jobGroups`` body for one combination (plain dicts and lists)."""
+    body: dict[str, Any] = {"wrangledDataset": {"id": dataset}}
+    if overrides:
+        body["overrides"] = _render(overrides, combo, run_id, "overrides")
+    if combo.params:
+        data = [{"key": k, "value": v} for k, v in combo.params.items()]
+        body["runParameters"] = {"overrides": {"data": data}}
+    return body
+
+
+def output_paths(body: Mapping[str, Any]) -> list[str]:
+    """The writesettings paths of a rendered body, for collision checks."""
+    overrides = body.get("overrides") or {}
+    paths: list[str] = []
+    for spelling in WRITE_SETTINGS_KEYS:
+        for entry in overrides.get(spelling) or ():
+            if isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+                paths.append(entry["path"])
+    return paths
+
+
+def find_collisions(rendered_paths: Iterable[tuple[str, str]]) -> list[Collision]:
+    """Paths (or canonical bodies) rendered by more than one combination.
+
+    Takes ``(combo_id, path)`` pairs as they stream by; keeps one dict of path -> first combo.
+    """
+    first: dict[str, str] = {}
+    found: list[Collision] = []
+    for cid, path in rendered_paths:
+        owner = first.setdefault(path, cid)
+        if owner != cid:
+            found.append(Collision(path, owner, cid))
+    return found
+
+
+def placeholders(overrides: Mapping[str, Any]) -> Sequence[str]:
+    """Every placeholder name used in the template, in order of first use."""
+    names: dict[str, None] = {}
+    for key, text in _walk(overrides, "overrides"):
+        for _, name, _ in _fields(text, key):
+            if name:
+                names.setdefault(name, None)
+    return list(names)
