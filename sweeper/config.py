@@ -415,8 +415,8 @@ class _Reader:
             )
         if parts.query or parts.fragment:
             raise self.error(
-                f"The URL {value!r} must not have a query or fragment; give the base URL "
-                '(or "embedded"), e.g. "https://api.clouddataprep.com".',
+                "The URL must not have a query or fragment (it is not shown here, as a query "
+                'may hold a secret); give the base URL, e.g. "https://api.clouddataprep.com".',
                 f"{p}.{k}",
             )
         return value.rstrip("/")

@@ -1,0 +1,184 @@
+"""Rendering the request body from the overrides template; placeholders, path safety, collisions."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sweeper.errors import MatrixError
+from sweeper.matrix import Combination, MatrixSpec, expand_matrix, parse_matrix
+from sweeper.template import (
+    check_template,
+    find_collisions,
+    output_paths,
+    placeholders,
+    render_request,
+    render_string,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+AS_OF = datetime(2024, 3, 15, tzinfo=timezone.utc)
+
+
+def spec_of(text: str) -> MatrixSpec:
+    return parse_matrix(tomllib.loads(text), source=Path("s.toml"), base_dir=Path("."))
+
+
+def combos(text: str) -> list[Combination]:
+    return list(expand_matrix(spec_of(text), dataset=33, as_of=AS_OF))
+
+
+def overrides_with_path(path: str) -> dict[str, Any]:
+    return {"execution": "photon", "writesettings": [{"path": path, "action": "create"}]}
+
+
+def test_render_request_exact_body() -> None:
+    combo = combos('Region = ["01"]\nvarReferenceType = ["PROD"]')[0]
+    body = render_request(
+        33,
+        {
+            "execution": "photon",
+            "profiler": False,
+            "writesettings": ({"path": "out/{run_id}/r-{Region}-{varReferenceType}.csv"},),
+        },
+        combo,
+        "2024-03-15",
+    )
+    assert body == {
+        "wrangledDataset": {"id": 33},
+        "overrides": {
+            "execution": "photon",
+            "profiler": False,
+            "writesettings": [{"path": "out/2024-03-15/r-01-PROD.csv"}],
+        },
+        "runParameters": {
+            "overrides": {
+                "data": [
+                    {"key": "Region", "value": "01"},
+                    {"key": "varReferenceType", "value": "PROD"},
+                ]
+            }
+        },
+    }
+
+
+def test_empty_overrides_are_omitted() -> None:
+    combo = combos('Region = ["01"]')[0]
+    body = render_request(7, {}, combo, "r")
+    assert "overrides" not in body
+    assert body["runParameters"]["overrides"]["data"] == [{"key": "Region", "value": "01"}]
+
+
+def test_date_format_spec_and_escapes_and_builtins() -> None:
+    combo = combos('day = { start = 2024-01-05, end = 2024-01-05, format = "%Y%m%d" }')[0]
+    text = "x/{day:%Y/%m/%d}/{day}/{{literal}}/{combo_id}/{run_id}"
+    key = "overrides.writesettings[0].path"
+    rendered = render_string(text, combo, "R", key=key)
+    assert rendered == f"x/2024/01/05/20240105/{{literal}}/{combo.combo_id}/R"
+
+
+def test_number_format_spec() -> None:
+    combo = combos("n = [7]")[0]
+    assert render_string("n{n:03d}", combo, "r") == "n007"
+
+
+def test_unknown_placeholder_names_key_path_and_suggests() -> None:
+    spec = spec_of('Region = ["01"]')
+    with pytest.raises(MatrixError, match=r"overrides\.writesettings\[0\]\.path.*'Region'") as err:
+        check_template(overrides_with_path("out/{Regoin}.csv"), spec)
+    assert "Known: Region, run_id, combo_id" in str(err.value)
+    combo = combos('Region = ["01"]')[0]
+    with pytest.raises(MatrixError, match="Regoin"):
+        render_request(33, overrides_with_path("out/{Regoin}.csv"), combo, "r")
+
+
+@pytest.mark.parametrize("text", ["out/{", "out/{}", "out/{Region!r}", "out/{Region:{x}}"])
+def test_malformed_templates(text: str) -> None:
+    with pytest.raises(MatrixError):
+        check_template(overrides_with_path(text), spec_of('Region = ["01"]'))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a/b", "..", ".", "a\\b", "a\x00b", "%2e%2e", "%2Fetc", "\uff0e\uff0e", "x\ny"],
+)
+def test_unsafe_values_in_paths_are_refused(value: str) -> None:
+    spec = parse_matrix({"Region": [value]}, source=Path("s.toml"), base_dir=Path("."))
+    combo = next(expand_matrix(spec, dataset=33, as_of=AS_OF))
+    with pytest.raises(MatrixError, match="Region") as err:
+        render_request(33, overrides_with_path("out/{Region}.csv"), combo, "r")
+    assert combo.combo_id in str(err.value)
+
+
+def test_empty_value_in_path_is_refused() -> None:
+    combo = combos('Region = [""]')[0]
+    with pytest.raises(MatrixError, match="empty"):
+        render_request(33, overrides_with_path("out/{Region}/x.csv"), combo, "r")
+
+
+def test_unsafe_run_id_in_path_is_refused() -> None:
+    combo = combos('Region = ["01"]')[0]
+    with pytest.raises(MatrixError, match="run_id"):
+        render_request(33, overrides_with_path("out/{run_id}/x.csv"), combo, "../etc")
+
+
+def test_slash_values_are_fine_outside_paths() -> None:
+    combo = combos('Region = ["a/b"]')[0]
+    body = render_request(33, {"execution": "{Region}"}, combo, "r")
+    assert body["overrides"]["execution"] == "a/b"
+
+
+def test_include_combination_missing_a_placeholder_parameter() -> None:
+    found = combos('Region = ["01"]\n[[include]]\nRegion = "02"\nextra = "x"\n')
+    assert len(found) == 2
+    with pytest.raises(MatrixError, match="no value in combination"):
+        render_request(33, overrides_with_path("o/{extra}.csv"), found[0], "r")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=12))
+def test_rendered_path_stays_in_its_directory(value: str) -> None:
+    """AC-S3: any value either renders to exactly one component under out/, or is refused."""
+    combo = Combination({"p": value}, {"p": value}, "c" * 16)
+    try:
+        path = render_string("out/{p}.csv", combo, "r", key="overrides.writesettings[0].path")
+    except MatrixError:
+        return
+    parts = path.split("/")
+    assert len(parts) == 2 and parts[0] == "out"
+    assert "\\" not in path and "\x00" not in path and parts[1][:-4] != ".."
+
+
+def test_find_collisions() -> None:
+    pairs = [("a", "p1"), ("b", "p2"), ("c", "p1"), ("a", "p1"), ("d", "p2")]
+    found = find_collisions(pairs)
+    assert [(c.path, c.first_combo_id, c.combo_id) for c in found] == [
+        ("p1", "a", "c"),
+        ("p2", "b", "d"),
+    ]
+    assert find_collisions([("a", "p1"), ("b", "p2")]) == []
+
+
+def test_collision_from_a_path_that_omits_a_parameter() -> None:
+    found = combos('Region = ["01", "02"]\nmode = ["x"]')
+    template = overrides_with_path("out/{mode}.csv")
+    pairs = [
+        (c.combo_id, p) for c in found for p in output_paths(render_request(1, template, c, "r"))
+    ]
+    collisions = find_collisions(pairs)
+    assert len(collisions) == 1 and collisions[0].path == "out/x.csv"
+
+
+def test_placeholders_lists_names_in_order() -> None:
+    template = {"execution": "{b}", "writesettings": [{"path": "{a}/{b}/{{c}}"}]}
+    assert list(placeholders(template)) == ["b", "a"]
