@@ -469,7 +469,10 @@ def report(
         if not ledger_path.exists():
             raise ConfigError(f"there is no ledger at {ledger_path}; run the sweep first.")
         rows = read_ledger(ledger_path)
-        built = reporting.build_report(rows, run_id=run_id)
+        try:
+            built = reporting.build_report(rows, run_id=run_id)
+        except ValueError as exc:  # an unknown --run-id: bad usage
+            raise ConfigError(f"{exc}; pick one with --run-id.", path=str(ledger_path)) from None
         click.echo(reporting.render(built, cast(reporting.Format, "json" if as_json else fmt)))
         if html_path is not None:
             reporting.write_html(built, html_path, rows)

@@ -466,7 +466,7 @@ def _svg_runs(runs: pd.DataFrame) -> str:
         return ""
     bar, gap, height, left, top = 28, 14, 160, 40, 10
     n = len(runs)
-    width = left + n * (bar + gap) + 150
+    width = max(left + n * (bar + gap), left + 140) + 150
     most = max(int(runs["combinations"].max()), 1)
     p50 = [0.0 if _is_missing(v) else float(v) for v in runs["p50_s"]]
     slowest = max(max(p50), 1e-9)
@@ -502,7 +502,7 @@ def _svg_runs(runs: pd.DataFrame) -> str:
     parts.append(
         f'<text x="{left}" y="{height + 40}">median duration (s), max {slowest:.2f}</text>'
     )
-    legend_x = left + n * (bar + gap) + 10
+    legend_x = max(left + n * (bar + gap), left + 140) + 10  # clear of the chart's title
     for j, state in enumerate(STATES):
         parts.append(
             f'<rect x="{legend_x}" y="{top + 14 * j}" width="10" height="10" '

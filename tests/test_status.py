@@ -1,0 +1,186 @@
+"""`sweeper status`: brings `run --no-wait` and timed-out runs to completion, on real emulators."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sweeper.cli import cli
+from sweeper.config import load_config
+from sweeper.connect import connect
+from sweeper.emulator import EmulatorSettings
+from sweeper.emulator.settings import FaultSettings
+from sweeper.ledger import Ledger, read_ledger
+from sweeper.status import StatusResult, refresh
+from tests.emulator_server import running_emulator
+from tests.test_report_sweeps import Emulator, run, truth, write_sweep
+
+
+def _served(project: Path, base_url: str) -> Path:
+    """The nightly sweep pointed at a served emulator."""
+    path = write_sweep(project)
+    text = path.read_text(encoding="utf-8").replace('"embedded"', f'"{base_url}"')
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_status_brings_a_no_wait_run_to_completion(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATAPREP_TOKEN", "any-token")
+    settings = EmulatorSettings(
+        output_root=project,
+        time_scale=10.0,
+        quota_user_per_min=0,
+        quota_workspace_per_min=0,
+        faults=FaultSettings(fail_params={"Region": ("02",)}),
+    )
+    with running_emulator(settings) as base_url:
+        config = _served(project, base_url)
+        ledger = project / "results" / "nightly.csv"
+        cli_runner = CliRunner()
+
+        submitted = cli_runner.invoke(
+            cli, ["run", str(config), "--run-id", "n1", "--no-wait", "--json"]
+        )
+        assert submitted.exit_code == 0, submitted.output + submitted.stderr
+        summary = json.loads(submitted.stdout)
+        assert (summary["submitted"], summary["running"], summary["wait"]) == (8, 8, False)
+        assert not [r for r in _rows(ledger) if r["event"] == "finished"]
+
+        watched = cli_runner.invoke(cli, ["status", str(config), "--watch"])
+        assert watched.exit_code == 3, watched.output + watched.stderr  # Region 02 failed
+        assert "[sweeper]" in watched.stderr  # the progress display
+        assert watched.stdout.startswith("run n1: 6 succeeded, 2 failed")
+        finished = [r for r in _rows(ledger) if r["event"] == "finished"]
+        assert len(finished) == 8
+        assert {r["reason"] for r in finished} == {"refreshed by sweeper status"}
+        assert all(r["duration_s"] for r in finished)
+
+        import httpx
+
+        oracle = httpx.get(f"{base_url}/_emulator/jobGroups", timeout=10).json()["data"]
+        assert len(oracle) == 8  # status created nothing
+        by_id = {g["id"]: g["status"] for g in oracle}
+        for row in finished:
+            assert row["status"] == by_id[int(row["job_group_id"])]
+            failed = row["param.Region"] == "02"
+            assert row["status"] == ("Failed" if failed else "Complete")
+            assert bool(row["error"]) is failed
+
+        # Given the ledger, status finds configs/nightly.toml; nothing is left to ask about.
+        again = cli_runner.invoke(cli, ["status", str(ledger), "--json"])
+        assert again.exit_code == 3, again.output + again.stderr
+        data = json.loads(again.stdout)
+        assert data["counts"] == {"succeeded": 6, "failed": 2}
+        assert (data["refreshed"], data["finished_now"]) == (0, 0)
+        assert len(_rows(ledger)) == 8 * 3  # intent, submitted, finished; nothing new
+        # The next `run` of the same id skips everything: status's rows count as finished.
+        rerun = cli_runner.invoke(cli, ["run", str(config), "--run-id", "n1", "--json"])
+        assert json.loads(rerun.stdout)["posts"] == 0
+        assert rerun.exit_code == 3  # still the two failures
+
+
+def test_status_without_a_sweep_file_shows_the_ledger_as_is(project: Path) -> None:
+    config = write_sweep(project)
+    emulator = Emulator(project)
+    run(config, emulator, "n1", wait=False)
+    config.unlink()  # no sweep file names this ledger any more
+    result = CliRunner().invoke(cli, ["status", "results/nightly.csv", "--json"])
+    assert result.exit_code == 3
+    assert "No sweep file found" in result.stderr
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"running": 8}
+    assert data["refreshed"] == 0
+
+
+def test_status_of_a_missing_ledger_exits_2(project: Path) -> None:
+    result = CliRunner().invoke(cli, ["status", "results/nope.csv"])
+    assert result.exit_code == 2
+    assert "results/nope.csv" in result.stderr
+
+
+def _refresh(emulator: Emulator, config_path: Path, **kwargs: Any) -> StatusResult:
+    config = load_config(config_path)
+
+    async def main() -> StatusResult:
+        client = connect(config, environ={}, transport=emulator.transport())
+        with Ledger.open(
+            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
+        ) as ledger:
+            async with client:
+                return await refresh(config, client=client, ledger=ledger, **kwargs)
+
+    return asyncio.run(main())
+
+
+def test_watch_polls_with_backoff_until_every_group_ended(project: Path) -> None:
+    """No real waiting: the injected sleep moves the emulator's clock on instead."""
+    config = write_sweep(project)
+    emulator = Emulator(project)
+    # Region 03 runs 100x longer: 15 s of emulator time.
+    emulator.use_faults(FaultSettings(slow_factor=100.0, slow_params={"Region": ("03",)}))
+    run(config, emulator, "n1", wait=False)
+    emulator.offset += 1.0  # the fast ones are done; the slow ones are not
+    sleeps: list[float] = []
+    seen: list[dict[str, int]] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        emulator.offset += 4.0
+
+    result = _refresh(
+        emulator, config, watch=True, sleep=sleep, on_change=lambda r: seen.append(r.counts())
+    )
+    assert result.open == 0 and result.finished == 8
+    assert seen[0] == {"succeeded": 6, "running": 2}
+    assert seen[-1] == {"succeeded": 8}
+    # 15 s of emulator time at 4 s per sleep: 3 or 4 sleeps, each a backoff step
+    assert 3 <= len(sleeps) <= 4
+    assert all(b >= a * 0.8 for a, b in itertools.pairwise(sleeps))
+    # one GET per open group per round: 8, then 2 per round
+    assert result.refreshed == 8 + 2 * len(sleeps)
+    facts = truth(emulator, "n1")
+    state = {(r.params["Region"], r.params["varReferenceType"]): r for r in result.rows}
+    for key, fact in facts.items():
+        assert state[key].status == fact["status"] == "Complete"
+        assert state[key].duration_s == pytest.approx(fact["duration"], abs=0.002)
+
+
+def test_status_refreshes_timed_out_rows(project: Path) -> None:
+    config = write_sweep(project, timeout="1s")
+    emulator = Emulator(project)
+    emulator.use_faults(FaultSettings(slow_factor=1000.0, slow_params={"Region": ("04",)}))
+    assert run(config, emulator, "n1").summary.timed_out
+    first = _refresh(emulator, config)
+    assert (first.refreshed, first.finished, first.open) == (2, 0, 2)
+    emulator.offset += 3600.0
+    second = _refresh(emulator, config)
+    assert (second.refreshed, second.finished, second.open) == (2, 2, 0)
+    events = [r.event.value for r in read_ledger(load_config(config).sweep.ledger)]
+    assert events.count("timed_out") == 2 and events.count("finished") == 8
+
+
+def test_an_unknown_job_group_is_a_warning_not_a_crash(project: Path) -> None:
+    """A group the server no longer knows (404) is reported; its row is left as it was."""
+    config = write_sweep(project)
+    emulator = Emulator(project)
+    run(config, emulator, "n1", wait=False)
+    (project / "elsewhere").mkdir()
+    fresh = Emulator(project / "elsewhere")  # another server: it knows none of these ids
+    result = _refresh(fresh, config)
+    assert result.finished == 0 and result.open == 8
+    assert len(result.errors) == 8
+    assert all(e.startswith("job group ") for e in result.errors)
