@@ -197,6 +197,7 @@ def run(
             fmt="json" if as_json else "table",
             output=None,
             show_all=False,
+            quiet=quiet,
         )
         return
     _setup_logging(verbose, quiet)
@@ -279,6 +280,8 @@ def run(
 @click.option(
     "--all", "show_all", is_flag=True, help="List every combination, not just the first and last."
 )
+@_json
+@_quiet
 def plan(
     config_path: Path,
     run_id: str | None,
@@ -290,6 +293,8 @@ def plan(
     fmt: str,
     output: Path | None,
     show_all: bool,
+    as_json: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Show what `sweeper run CONFIG` would do, and why, without submitting anything.
 
@@ -306,7 +311,7 @@ def plan(
     from sweeper.config import load_config
     from sweeper.ledger import read_ledger
     from sweeper.plan import Planner
-    from sweeper.runner import latest_as_of
+    from sweeper.runner import latest_as_of, plan_message
 
     with _exit_codes():
         config = load_config(config_path)
@@ -319,8 +324,10 @@ def plan(
         counts = planner.check(allow_large=allow_large)
         if output is not None:
             render.write_plan_csv(planner, output)
-        if fmt == "json":
+        if fmt == "json" or as_json:
             click.echo(json.dumps(render.plan_json(planner, counts, show_all=show_all), indent=2))
+        elif quiet:
+            click.echo(plan_message(counts, config.sweep.name, rid))
         else:
             click.echo(render.plan_text(planner, counts, show_all=show_all))
 

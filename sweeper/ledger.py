@@ -631,6 +631,8 @@ def state_of(row: LedgerRow) -> str:
         return "not sent"
     if event is Event.RECONCILED and row.job_group_id is None:
         return "not sent"  # looked up and absent on the server: safe to submit
+    if event is Event.DUPLICATE and row.job_group_id is None:
+        return "in doubt"  # the server has it (304) but the lookup found no group
     return "running"  # submitted, duplicate, reconciled (found)
 
 

@@ -235,13 +235,13 @@ def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
 
 
 def _status_rows(result: StatusResult) -> list[dict[str, Any]]:
-    from sweeper.runner import classify
+    from sweeper.ledger import state_of
 
     return [
         {
             "combo_id": r.combo_id,
             "params": dict(r.params),
-            "state": classify(r),
+            "state": state_of(r),
             "event": r.event.value,
             "status": r.status,
             "job_group_id": r.job_group_id,
@@ -259,6 +259,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
         "refreshed": result.refreshed,
         "finished_now": result.finished,
         "errors": result.errors,
+        "timed_out": result.timed_out,
         "combinations": _status_rows(result),
     }
 
@@ -284,4 +285,6 @@ def status_text(result: StatusResult) -> str:
         head += f" (asked about {result.refreshed} job groups, {result.finished} ended since)"
     lines = [head, body] if rows else [head]
     lines.extend(f"warning: {e}" for e in result.errors[:10])
+    if result.timed_out:
+        lines.append("Stopped watching at run.timeout; some job groups are still running.")
     return "\n".join(lines)

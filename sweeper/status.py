@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError
-from sweeper.ledger import Event, Ledger, LedgerRow, current_state
+from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.retry import PollGate, poll_delays
-from sweeper.runner import classify, parse_ts, utc_now
+from sweeper.runner import parse_ts, utc_now
+
+OPEN_STATES = ("running", "timed out")  # submitted, not known to have ended
 
 
 @dataclass
@@ -22,22 +25,23 @@ class StatusResult:
     refreshed: int = 0  # job groups asked about
     finished: int = 0  # of which are now terminal (a `finished` row was appended)
     errors: list[str] = field(default_factory=list)
+    timed_out: bool = False  # --watch gave up at run.timeout
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.rows:
-            kind = classify(row)
+            kind = state_of(row)
             out[kind] = out.get(kind, 0) + 1
         return out
 
     @property
     def open(self) -> int:
-        return sum(1 for row in self.rows if classify(row) == "running")
+        return sum(1 for row in self.rows if state_of(row) in OPEN_STATES)
 
 
 def open_groups(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
     """Rows whose job group was submitted but is not known to have ended."""
-    return [r for r in rows if classify(r) == "running" and r.job_group_id is not None]
+    return [r for r in rows if state_of(r) in OPEN_STATES and r.job_group_id is not None]
 
 
 def find_config_for(
@@ -88,16 +92,19 @@ async def refresh(
     watch: bool = False,
     on_change: Callable[[StatusResult], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> StatusResult:
     """Ask the API about every open job group of the run and append `finished` rows.
 
-    With ``watch``, keep asking (with the run's poll backoff) until every group has ended.
+    With ``watch``, keep asking (with the run's poll backoff) until every group has ended, or
+    until ``run.timeout`` has passed (``timed_out`` is then set on the result).
     """
     history = ledger.history()
     rid = run_id or (history[-1].run_id if history else "")
     result = StatusResult(run_id=rid, rows=[])
     gate = PollGate(config.run.max_polls_per_second)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
+    started = clock()
     while True:
         state = current_state(ledger.history(), run_id=rid)
         pending = open_groups(list(state.values()))
@@ -119,5 +126,8 @@ async def refresh(
         if on_change is not None:
             on_change(result)
         if not watch or result.open == 0:
+            return result
+        if clock() - started >= config.run.timeout:
+            result.timed_out = True
             return result
         await sleep(next(delays))
