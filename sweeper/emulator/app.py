@@ -1,0 +1,369 @@
+"""The v4 routes: POST/GET job groups, status, jobs, cancel, outputs, list, job status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sweeper.emulator.catalog import Dataset, load_catalog
+from sweeper.emulator.engine import Engine
+from sweeper.emulator.faults import FaultInjector
+from sweeper.emulator.http import (
+    ApiProblem,
+    DropConnection,
+    EdgeMiddleware,
+    http_error_handler,
+    json_error_handler,
+    not_found,
+    parse_bool,
+    parse_int,
+    user_key,
+    validation_failed,
+)
+from sweeper.emulator.openapi import openapi_route
+from sweeper.emulator.oracle import oracle_routes
+from sweeper.emulator.quota import Quota, too_many_details
+from sweeper.emulator.settings import EmulatorSettings
+from sweeper.emulator.store import Store
+from sweeper.emulator.validation import (
+    check_overrides,
+    check_types,
+    dataset_id_of,
+    parse_body,
+    run_parameters_of,
+)
+
+EMBEDS = ("jobs", "wrangledDataset", "creator", "updater", "workspace", "snapshot")
+NESTED_EMBEDS = {
+    "jobs.fileWriterJob.writeSetting": "jobs.writeSetting",
+    "jobs.writeSetting": "jobs.writeSetting",
+    "wrangledDataset.recipe": "wrangledDataset",
+}
+Endpoint = Callable[[Request], Awaitable[Response]]
+SORTS = {
+    "createdAt": "created_at ASC, id ASC",
+    "-createdAt": "created_at DESC, id DESC",
+    "id": "id ASC",
+    "-id": "id DESC",
+}
+
+
+class Emulator:
+    """Everything one app instance shares: settings, store, catalog, engine, faults, quota."""
+
+    def __init__(self, settings: EmulatorSettings) -> None:
+        self.settings = settings
+        self.store = Store(settings.state_path)
+        self.catalog: dict[int, Dataset] = load_catalog(settings.catalog_path)
+        self.faults = FaultInjector(settings.faults, settings.seed)
+        self.engine = Engine(settings, self.store, self.catalog, self.faults)
+        self.quota = Quota(settings.quota_user_per_min, settings.quota_workspace_per_min)
+
+    async def delay(self, endpoint: str) -> None:
+        seconds = self.faults.latency(endpoint)
+        if seconds > 0:
+            self.fault("latency")
+            await asyncio.sleep(seconds)
+
+    def fault(self, kind: str) -> None:
+        self.store.count(f"fault:{kind}")
+
+
+def _emulator(request: Request) -> Emulator:
+    emulator: Emulator = request.app.state.emulator
+    emulator.engine.advance_due()  # lazy execution: any request runs the jobs that are due
+    return emulator
+
+
+def _embed(request: Request) -> set[str]:
+    raw = request.query_params.get("embed", "")
+    chosen: set[str] = set()
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue  # Airflow sends embed= (empty)
+        if item in EMBEDS:
+            chosen.add(item)
+        elif item in NESTED_EMBEDS:
+            chosen |= {item.split(".")[0], NESTED_EMBEDS[item]}
+        else:
+            valid = ", ".join([*EMBEDS, *NESTED_EMBEDS])
+            raise validation_failed(
+                f"No association {item} in jobGroups! Valid associations are {valid}"
+            )
+    return chosen
+
+
+def _fields(request: Request, data: dict[str, Any]) -> dict[str, Any]:
+    raw = request.query_params.get("fields", "")
+    wanted = {f.strip() for f in raw.split(";") if f.strip()}
+    if not wanted:
+        return data
+    return {k: v for k, v in data.items() if k in wanted or k == "id"}
+
+
+def _group_id(request: Request) -> int:
+    raw = request.path_params["id"]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise validation_failed(f"The id must be an integer, got {raw!r}.") from None
+    if not 0 <= value < 2**63:  # SQLite integers are 64-bit; nothing can have such an id
+        raise not_found(f"No object has the id {raw}.")
+    return value
+
+
+def _load(emulator: Emulator, group_id: int) -> tuple[sqlite3.Row, list[sqlite3.Row]]:
+    emulator.engine.advance(group_id)
+    group = emulator.store.group(group_id)
+    if group is None:
+        raise not_found(f"JobGroup with id {group_id} does not exist.")
+    return group, emulator.store.jobs(group_id)
+
+
+# POST /v4/jobGroups -------------------------------------------------------------------------
+
+
+def _injected_429(emulator: Emulator) -> ApiProblem:
+    wait = emulator.faults.faults.rate_limit_retry_after
+    with emulator.store.transaction() as conn:
+        Store.bump(conn, "served_429")
+        Store.bump(conn, "fault:rate_limit")
+    limit = emulator.settings.quota_user_per_min or 30
+    headers = {
+        "x-rate-limit-user-limit": str(limit),
+        "x-rate-limit-user-remaining": "0",
+        "x-rate-limit-user-reset": str(int((emulator.engine.now() + wait) * 1000)),
+        "x-retry-after": str(wait),
+    }
+    details = too_many_details(wait, limit, "user")
+    return ApiProblem(429, "TooManyRequestsException", "Too Many Requests", details, headers)
+
+
+def _take_quota(emulator: Emulator, who: str) -> dict[str, str]:
+    """Count this POST against the quota; returns the x-rate-limit-* headers or raises 429."""
+    with emulator.store.transaction() as conn:
+        answer = emulator.quota.take(conn, who, emulator.engine.now())
+        if not answer.allowed:
+            Store.bump(conn, "served_429")
+    if not answer.allowed:
+        details = too_many_details(answer.retry_after, answer.limit, answer.scope)
+        raise ApiProblem(
+            429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
+        )
+    return answer.headers
+
+
+def _injected_5xx(emulator: Emulator, details: str) -> ApiProblem:
+    status = emulator.faults.faults.error_status
+    return ApiProblem(status, "InternalServerError", "Internal Server Error", details)
+
+
+def _validated(
+    emulator: Emulator, raw: bytes
+) -> tuple[dict[str, Any], Dataset, list[tuple[str, str]]]:
+    """The body, its recipe and its run parameters, or a 400 / 404 ApiProblem."""
+    body = parse_body(raw)
+    dataset_id = dataset_id_of(body)
+    check_types(body)
+    dataset = emulator.catalog.get(dataset_id)
+    if dataset is None:
+        raise not_found(f"WrangledDataset with id {dataset_id} does not exist.")
+    given = run_parameters_of(body)
+    check_overrides(body)
+    if emulator.settings.strict_parameters:
+        unknown = sorted({k for k, _ in given} - set(dataset.parameters))
+        if unknown:
+            raise validation_failed(
+                f"Unknown run parameter(s) {', '.join(unknown)} for recipe {dataset_id}; "
+                f"known: {', '.join(sorted(dataset.parameters)) or 'none'}."
+            )
+    return body, dataset, given
+
+
+async def create_job_group(request: Request) -> Response:
+    """runJobGroup: auth, injected 429, quota, injected 5xx, validation, 304 or create, faults."""
+    emulator = _emulator(request)
+    store, engine = emulator.store, emulator.engine
+    store.count("posts_received")
+    # read the body first: a client that times out during the latency leaves a request that is
+    # still processed, the "in doubt" case retries must survive
+    raw = await request.body()
+    await emulator.delay("post")
+    who = user_key(request, emulator.settings.token)
+    if emulator.faults.rate_limited():  # before the quota: an injected 429 is not counted
+        raise _injected_429(emulator)
+    quota_headers = _take_quota(emulator, who)
+    if emulator.faults.error_before():
+        emulator.fault("error_before")
+        raise _injected_5xx(emulator, "Injected fault before creating the job group.")
+    body, dataset, given = _validated(emulator, raw)
+    execution_id = request.headers.get("x-execution-id") or None
+    with store.transaction() as conn:  # lookup and insert in one IMMEDIATE transaction
+        if execution_id is not None:
+            seen = conn.execute(
+                "SELECT id FROM job_groups WHERE execution_id = ?", (execution_id,)
+            ).fetchone()
+            if seen is not None:
+                store.bump(conn, "served_304")
+                return Response(status_code=304, headers=quota_headers)
+        result = engine.create(
+            conn,
+            dataset=dataset,
+            body=body,
+            given=given,
+            execution_id=execution_id,
+            user_key=who,
+            now=engine.now(),
+        )
+        store.bump(conn, "created")
+    if emulator.faults.drop_after():
+        emulator.fault("drop_after")
+        raise DropConnection()
+    if emulator.faults.error_after():
+        emulator.fault("error_after")
+        raise _injected_5xx(emulator, "Injected fault after creating the job group.")
+    return JSONResponse(result, status_code=201, headers=quota_headers)
+
+
+# reads ----------------------------------------------------------------------------------------
+
+
+async def get_job_group(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("get")
+    user_key(request, emulator.settings.token)
+    embed = _embed(request)
+    parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
+    group, jobs = _load(emulator, _group_id(request))
+    data = emulator.engine.group_json(group, jobs, emulator.engine.now(), embed)
+    return JSONResponse(_fields(request, data))
+
+
+async def get_status(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("status")
+    user_key(request, emulator.settings.token)
+    group, jobs = _load(emulator, _group_id(request))
+    return JSONResponse(emulator.engine.group_status(group, jobs, emulator.engine.now()))
+
+
+async def get_jobs(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("jobs")
+    user_key(request, emulator.settings.token)
+    group, jobs = _load(emulator, _group_id(request))
+    now = emulator.engine.now()
+    data = [emulator.engine.job_json(j, group, now, False) for j in jobs]
+    return JSONResponse({"data": data, "count": len(data)})
+
+
+async def cancel_job_group(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("cancel")
+    user_key(request, emulator.settings.token)
+    group_id = _group_id(request)
+    _load(emulator, group_id)
+    ids = emulator.engine.cancel(group_id)
+    return JSONResponse({"jobIds": ids, "jobgroupId": group_id})
+
+
+async def get_outputs(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("outputs")
+    user_key(request, emulator.settings.token)
+    _, jobs = _load(emulator, _group_id(request))
+    files = []
+    for job in jobs:
+        if job["outputs"]:
+            files += json.loads(job["outputs"])
+    return JSONResponse({"files": files, "tables": []})
+
+
+async def list_job_groups(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("list")
+    user_key(request, emulator.settings.token)
+    embed = _embed(request)
+    parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
+    limit = parse_int(request, "limit", 25, minimum=1, maximum=10_000)
+    offset = parse_int(request, "offset", 0)
+    sort = request.query_params.get("sort") or "-createdAt"
+    if sort not in SORTS:
+        raise validation_failed(f"Unsupported sort {sort!r}; use one of {', '.join(SORTS)}.")
+    ids = [
+        int(r["id"])
+        for r in emulator.store.query(
+            f"SELECT id FROM job_groups ORDER BY {SORTS[sort]} LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+    ]
+    data = []
+    for group_id in ids:
+        group, jobs = _load(emulator, group_id)
+        data.append(
+            _fields(request, emulator.engine.group_json(group, jobs, emulator.engine.now(), embed))
+        )
+    body: dict[str, Any] = {"data": data}
+    if parse_bool("includeCount", request.query_params.get("includeCount")):
+        body["count"] = int(emulator.store.query("SELECT count(*) FROM job_groups")[0][0])
+    return JSONResponse(body)
+
+
+async def get_job_status(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("job_status")
+    user_key(request, emulator.settings.token)
+    job_id = _group_id(request)
+    rows = emulator.store.query("SELECT group_id FROM jobs WHERE id = ?", (job_id,))
+    if not rows:
+        raise not_found(f"Job with id {job_id} does not exist.")
+    group, jobs = _load(emulator, int(rows[0]["group_id"]))
+    job = next(j for j in jobs if int(j["id"]) == job_id)
+    return JSONResponse(
+        emulator.engine.job_json(job, group, emulator.engine.now(), False)["status"]
+    )
+
+
+def _route(path: str, endpoints: dict[str, Endpoint]) -> Route:
+    """One route per path (so a 405 lists every method in Allow), without Starlette's implicit
+    HEAD, which the v4 API does not document."""
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    route = Route(path, dispatch, methods=list(endpoints))
+    route.methods = set(endpoints)
+    return route
+
+
+def create_app(settings: EmulatorSettings | None = None) -> Starlette:
+    """A Dataprep v4-compatible ASGI app; each call is one server (its own or a shared store)."""
+    emulator = Emulator(settings or EmulatorSettings())
+    routes = [
+        _route("/v4/jobGroups", {"GET": list_job_groups, "POST": create_job_group}),
+        _route("/v4/jobGroups/{id}", {"GET": get_job_group}),
+        _route("/v4/jobGroups/{id}/status", {"GET": get_status}),
+        _route("/v4/jobGroups/{id}/jobs", {"GET": get_jobs}),
+        _route("/v4/jobGroups/{id}/cancel", {"POST": cancel_job_group}),
+        _route("/v4/jobGroups/{id}/outputs", {"GET": get_outputs}),
+        _route("/v4/jobs/{id}/status", {"GET": get_job_status}),
+        openapi_route(),
+        *oracle_routes(),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(EdgeMiddleware)],
+        exception_handlers={ApiProblem: json_error_handler, HTTPException: http_error_handler},
+    )
+    app.state.emulator = emulator
+    return app

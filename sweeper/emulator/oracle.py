@@ -1,0 +1,90 @@
+"""The test-only admin surface under /_emulator/: what was really created, and counters.
+
+No authentication: never expose an emulator with real data on a shared network.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+
+def _emulator(request: Request) -> Any:
+    return request.app.state.emulator
+
+
+async def oracle_job_groups(request: Request) -> Response:
+    """Every job group ever created (since the last reset), oldest first."""
+    emulator = _emulator(request)
+    rows = emulator.store.query("SELECT id FROM job_groups ORDER BY id")
+    data = []
+    for row in rows:
+        group_id = int(row["id"])
+        emulator.engine.advance(group_id)
+        group = emulator.store.group(group_id)
+        jobs = emulator.store.jobs(group_id)
+        body = json.loads(group["body"])
+        data.append(
+            {
+                "id": group_id,
+                "executionId": group["execution_id"],
+                "wrangledDataset": {"id": group["dataset_id"]},
+                "runParameters": body.get("runParameters"),
+                "overrides": body.get("overrides"),
+                "params": json.loads(group["params"]),
+                "createdAt": group["created_at"],
+                "status": emulator.engine.group_status(group, jobs, emulator.engine.now()),
+                "jobIds": [int(j["id"]) for j in jobs],
+            }
+        )
+    return JSONResponse({"data": data, "count": len(data)})
+
+
+async def oracle_stats(request: Request) -> Response:
+    """Counters tests and benchmarks rely on; the names are stable (docs/emulator.md)."""
+    store = _emulator(request).store
+    counters = store.counters()
+    by_exec = store.query(
+        "SELECT execution_id, count(*) AS n FROM job_groups WHERE execution_id IS NOT NULL "
+        "GROUP BY execution_id HAVING n > 1"
+    )
+    by_params = store.query(
+        "SELECT dataset_id, params_key, count(*) AS n FROM job_groups "
+        "GROUP BY dataset_id, params_key HAVING n > 1"
+    )
+    created = int(store.query("SELECT count(*) FROM job_groups")[0][0])
+    duplicates = {f"{r['dataset_id']}|{r['params_key']}": int(r["n"]) for r in by_params}
+    return JSONResponse(
+        {
+            "posts_received": counters.get("posts_received", 0),
+            "created": created,
+            "duplicates_by_execution_id": {str(r["execution_id"]): int(r["n"]) for r in by_exec},
+            "creations_by_params": duplicates,
+            "duplicate_creations_by_params": sum(n - 1 for n in duplicates.values()),
+            "served_304": counters.get("served_304", 0),
+            "served_429": counters.get("served_429", 0),
+            "faults_served": {
+                name.split(":", 1)[1]: value
+                for name, value in sorted(counters.items())
+                if name.startswith("fault:")
+            },
+        }
+    )
+
+
+async def oracle_reset(request: Request) -> Response:
+    """Forget every group, job, counter and quota event (ids keep growing)."""
+    _emulator(request).store.reset()
+    return JSONResponse({"reset": True})
+
+
+def oracle_routes() -> list[BaseRoute]:
+    return [
+        Route("/_emulator/jobGroups", oracle_job_groups, methods=["GET"]),
+        Route("/_emulator/stats", oracle_stats, methods=["GET"]),
+        Route("/_emulator/reset", oracle_reset, methods=["POST"]),
+    ]
