@@ -40,5 +40,5 @@ def execution_id(sweep: str, run_id: str, combo: str, generation: int = 0) -> st
 
 
 def config_hash(dataset: int, overrides_template: Mapping[str, Any]) -> str:
-    """A 12-hex-digit hash of the request template, so a changed template is visible in the ledger."""
+    """A 12-hex-digit hash of the request template: a changed template shows in the ledger."""
     return _digest(canonical_json({"dataset": dataset, "overrides": overrides_template}), 12)
