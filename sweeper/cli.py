@@ -519,11 +519,12 @@ def emulator() -> None:
     help="A faults TOML: latency, 429 bursts, 5xx, dropped connections, failing jobs.",
 )
 @click.option(
-    "--token",
+    "--token-env",
     "token_env",
-    metavar="ENV",
+    metavar="VAR",
     default=None,
-    help="Require the token held in this environment variable (default: accept any token).",
+    help="Require the token held in this environment variable (default: accept any "
+    "token). The token itself is never taken on the command line.",
 )
 @click.option(
     "--quota-user",
@@ -582,7 +583,7 @@ def emulator_serve(
     with _exit_codes():
         token = os.environ.get(token_env) if token_env else None
         if token_env and not token:
-            raise ConfigError(f"--token names ${token_env}, but it is not set.")
+            raise ConfigError(f"--token-env names ${token_env}, but it is not set.")
         settings = EmulatorSettings(
             state_path=state,
             catalog_path=catalog,
