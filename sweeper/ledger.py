@@ -356,7 +356,10 @@ def _read_bytes(path: Path) -> bytes:
             f"There is no ledger at {path}; run the sweep first or check sweep.ledger."
         ) from None
     except OSError as exc:
-        raise LedgerError(f"The ledger {path} cannot be read: {exc.strerror}.") from None
+        raise LedgerError(
+            f"The ledger {path} cannot be read: {exc.strerror}. Check that it is a readable file "
+            "(permissions), or point sweep.ledger at another file."
+        ) from None
 
 
 def _unusable(path: Path, exc: OSError) -> LedgerError:

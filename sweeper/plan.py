@@ -6,6 +6,7 @@ Planning is pure: it reads the config and the ledger's history and touches no ne
 
 from __future__ import annotations
 
+import difflib
 import enum
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -155,7 +156,13 @@ class Planner:
     def __iter__(self) -> Iterator[PlannedCombination]:
         cfg = self.config
         for combo in self.combinations():
-            body = render_request(cfg.sweep.dataset, cfg.overrides, combo, self.run_id)
+            try:
+                body = render_request(cfg.sweep.dataset, cfg.overrides, combo, self.run_id)
+            except MatrixError as exc:
+                if exc.path:
+                    raise
+                # Name the sweep file, so the message says where to fix it.
+                raise MatrixError(exc.message, path=str(cfg.path), key=exc.key) from None
             last = self.state.get(combo.combo_id)
             action, reason, gen, xid = _decide(
                 last, self.rerun, cfg.sweep.name, self.run_id, combo.combo_id
@@ -168,6 +175,7 @@ class Planner:
         A full pass over the plan before anything is submitted: duplicate combinations, two
         combinations sending the same request, or two writing the same output path are refused.
         """
+        self._check_include_keys()
         total = self.count()
         limit = self.config.sweep.max_combinations
         if total > limit and not allow_large:
@@ -186,8 +194,10 @@ class Planner:
             cid = item.combo.combo_id
             if cid in seen_combo:
                 raise MatrixError(
-                    f"the combination {describe(item.combo)} appears twice in the matrix "
-                    "(check rows files and [[matrix.include]] entries).",
+                    f"the combination {describe(item.combo)} appears twice in the matrix, so two "
+                    "entries would send the same request. Make the values distinct: check a "
+                    "format that drops detail (e.g. %Y for days), rows files and "
+                    "[[matrix.include]] entries.",
                     path=str(self.config.path),
                     key="matrix",
                 )
@@ -213,6 +223,28 @@ class Planner:
                     )
             counts.add(item)
         return counts
+
+    def _check_include_keys(self) -> None:
+        """Refuse an include key that is not an axis but is spelled almost like one (a typo).
+
+        GitHub's rules let an include add new keys, so a misspelt axis name would silently send
+        an extra run parameter with every combination it matches.
+        """
+        spec = self.config.matrix
+        axes = list(spec.axis_names)
+        for index, entry in enumerate(spec.include):
+            for key in entry.params:
+                if key in axes:
+                    continue
+                close = difflib.get_close_matches(key, axes, n=1, cutoff=0.75)
+                if close:
+                    raise MatrixError(
+                        f"The include adds the parameter {key!r}, which is not an axis but is "
+                        f"spelled almost like the axis {close[0]!r}. Fix the spelling (or give "
+                        "a deliberately new parameter a more distinct name).",
+                        path=str(self.config.path),
+                        key=f"matrix.include[{index}].{key}",
+                    )
 
 
 def describe(combo: Combination) -> str:

@@ -7,8 +7,17 @@ The order of writes is the safety argument:
 3. a row for the outcome (``submitted``, ``duplicate``, ``reconciled``, ``rejected``,
    ``in_doubt``, ``not_sent``), then ``finished`` when the job group ends.
 
-A crash between 1 and 3 leaves ``intent`` as the last row; the next run resends with the same
-execution id (after a settle time) and looks the group up, so no combination is created twice.
+A crash between 1 and 3 leaves ``intent`` as the last row; the next run waits ``run.settle``
+after that row (a request sent just before the crash may still be in flight), resends with the
+execution id read back from the ledger, and on 304 looks the group up (as far back as the first
+attempt with that id) so the ledger gets its real id. So no combination is created twice, and a
+combination never changes identity within a run: only ``--rerun`` (or a resume after sweeper
+canceled the group on interrupt) starts a new generation, with its own execution id.
+
+Stopping is always clean: the run's first submission goes alone, so a refused token (401/403)
+or an unreachable API costs one combination's requests; a signal, the breaker, the retry budget
+or ``run.timeout`` stop new submissions, record what was in flight, and leave the ledger
+resumable. A crash of any task ends the run at once instead of hanging it.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from typing import Any
 from sweeper.client import DataprepClient, JobGroupState, Submission
 from sweeper.config import SweepConfig
 from sweeper.errors import (
+    ApiConnectionError,
     ApiError,
     AuthError,
     FailureClass,
@@ -182,11 +192,25 @@ class _Run:
         self.pollers: set[asyncio.Task[None]] = set()
         self.abort: SweeperError | None = None
         self.stopping = asyncio.Event()  # interrupt, abort or deadline: submit nothing new
+        # The first submission of a run goes alone, retries included: a refused token or an
+        # unreachable API costs one combination's requests, not one per worker.
+        self.probe_taken = False
+        self.probe_done = asyncio.Event()
+        # When each execution id was first attempted: a lookup must reach back to that attempt,
+        # however many resumes came after it.
+        self.first_attempt: dict[str, float] = {}
+        for row in ledger.rows:
+            if row.event is Event.INTENT and row.execution_id not in self.first_attempt:
+                ts = parse_ts(row.ts)
+                if ts is not None:
+                    self.first_attempt[row.execution_id] = ts
 
     # -- ledger ---------------------------------------------------------------------------
 
     def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
         fields.setdefault("reason", item.reason)
+        if event is Event.INTENT:
+            self.first_attempt.setdefault(item.execution_id, time.time())
         row = LedgerRow(
             ts=utc_now(),
             sweep=self.config.sweep.name,
@@ -213,6 +237,11 @@ class _Run:
                 f"row (429/5xx); submission pauses for {pause:.0f}s.",
             )
         )
+
+    @property
+    def halted(self) -> bool:
+        """Submit nothing new: stopping, or a signal whose watcher has not run yet."""
+        return self.stopping.is_set() or self.interrupt.stop.is_set()
 
     def _stop(self, why: SweeperError | None = None) -> None:
         if why is not None and self.abort is None:
@@ -249,6 +278,20 @@ class _Run:
     # -- submission -----------------------------------------------------------------------
 
     async def submit(self, item: PlannedCombination) -> None:
+        """Submit one combination; the run's first submission goes alone (see probe_done)."""
+        probe = not self.probe_taken
+        self.probe_taken = True
+        if not probe:
+            await self.probe_done.wait()
+            if self.halted:
+                return  # the probe stopped the run: never attempted, nothing to record
+        try:
+            await self._submit(item)
+        finally:
+            if probe:
+                self.probe_done.set()
+
+    async def _submit(self, item: PlannedCombination) -> None:
         attempt = 0
         last_error: ApiError | None = None
         last_ts = parse_ts(item.last.ts) if item.last is not None else None
@@ -267,11 +310,9 @@ class _Run:
                 except _Stopped:
                     return
 
-        async def once() -> Submission:
+        async def post() -> Submission:
             nonlocal attempt
-            await self.breaker.wait_if_open()
-            await self.limiter.acquire()
-            if self.stopping.is_set() and attempt == 0:
+            if self.halted and attempt == 0:
                 raise _Stopped
             attempt += 1
             self.write(item, Event.INTENT, attempt=attempt)  # fsynced before the request leaves
@@ -289,6 +330,11 @@ class _Run:
                 raise
             self.breaker.record(True)
             return result
+
+        async def once() -> Submission:
+            await self.breaker.wait_if_open()
+            await self.limiter.acquire()
+            return await post()
 
         def on_retry(number: int, error: ApiError, delay: float) -> None:
             nonlocal last_error
@@ -332,6 +378,15 @@ class _Run:
             self._record_failure(item, exc, attempt)
             if isinstance(exc, AuthError):
                 self._stop(exc)
+            elif isinstance(exc, ApiConnectionError):
+                # Every retry failed to even connect: the API is unreachable, so the run cannot
+                # go on (exit 1) rather than failing each remaining combination in turn.
+                self._stop(
+                    RunAbortedError(
+                        f"{exc} The API stayed unreachable through every retry, so sweeper "
+                        "stopped submitting; run the same command again to resume."
+                    )
+                )
             return
         await self._record_submission(item, sub, attempt)
 
@@ -410,12 +465,13 @@ class _Run:
 
     async def _lookup(self, item: PlannedCombination) -> JobGroupState | None:
         since = None
-        if item.last is not None and (ts := parse_ts(item.last.ts)) is not None:
-            # The group may have been created by the first attempt of this generation, which can
-            # precede the last row by up to the whole retry window.
-            since = datetime.fromtimestamp(
-                ts - self.config.retry.total - 60, timezone.utc
-            ).isoformat()
+        ts = self.first_attempt.get(item.execution_id)
+        if ts is None and item.last is not None:
+            ts = parse_ts(item.last.ts)
+        if ts is not None:
+            # The group can only have been created by an attempt with this execution id, the first
+            # of which is on record (a minute of slack for clock skew with the server).
+            since = datetime.fromtimestamp(ts - 60, timezone.utc).isoformat()
         try:
             return await self.client.find_job_group(
                 dataset_id=self.config.sweep.dataset,
@@ -533,18 +589,24 @@ class _Run:
         for combo_id, (item, job_group_id) in list(self.open_groups.items()):
             try:
                 job_ids = await self.client.cancel_job_group(job_group_id)
+                state = await self.client.get_job_group(job_group_id)
             except ApiError as exc:
                 self.emit(
                     RunEvent("canceled", f"{describe(item.combo)}: cancel failed: {exc}", item)
                 )
                 continue
             self.open_groups.pop(combo_id, None)
+            if state.status in ("Complete", "Failed"):
+                # It ended before the cancel arrived: record the real outcome, so a resume does
+                # not run a finished combination again.
+                await self._finish(item, state)
+                continue
             self.write(
                 item,
                 Event.CANCELED,
                 job_group_id=job_group_id,
-                job_ids=job_ids,
-                status="Canceled",
+                job_ids=job_ids or tuple(j.id for j in state.jobs),
+                status=state.status or "Canceled",
                 reason="canceled by sweeper on interrupt",
             )
             self.emit(
@@ -565,17 +627,21 @@ class _Run:
         workers = [
             asyncio.create_task(self._worker(queue)) for _ in range(self.config.run.concurrency)
         ]
+        producer = asyncio.create_task(self._feed(queue, len(workers)))
         try:
-            await self._produce(queue)
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+            # A crash in any worker must end the run, not leave the producer blocked on a full
+            # queue: the ledger already says everything a resume needs.
+            tasks = [producer, *workers]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
             while self.pollers:
                 await asyncio.gather(*list(self.pollers), return_exceptions=True)
             if self.interrupt.cancel.is_set():
                 await self.cancel_open_groups()
         finally:
-            for task in (signals, deadline, *workers, *self.pollers):
+            for task in (signals, deadline, producer, *workers, *self.pollers):
                 task.cancel()
         self._tally()
         return self.summary
@@ -587,9 +653,14 @@ class _Run:
             self.emit(RunEvent("timed_out", "run.timeout reached: submitting nothing new."))
             self.stopping.set()
 
+    async def _feed(self, queue: asyncio.Queue[PlannedCombination | None], workers: int) -> None:
+        await self._produce(queue)
+        for _ in range(workers):
+            await queue.put(None)
+
     async def _produce(self, queue: asyncio.Queue[PlannedCombination | None]) -> None:
         for item in self.planner:
-            if self.stopping.is_set():
+            if self.halted:
                 return
             if item.action is Action.SKIP:
                 self.summary.skipped += 1
@@ -603,7 +674,7 @@ class _Run:
 
     async def _worker(self, queue: asyncio.Queue[PlannedCombination | None]) -> None:
         while (item := await queue.get()) is not None:
-            if not self.stopping.is_set():
+            if not self.halted:
                 await self.submit(item)
 
     def _tally(self) -> None:

@@ -187,11 +187,6 @@ def test_bad_usage_exits_2_and_submits_nothing(project: Path) -> None:
     assert not (project / "results" / "nightly.csv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner bug reported to the lead: an unreachable API ends as 'not sent' with exit 3, "
-    "DESIGN.md says 1 (the run could not go on)",
-)
 def test_an_unreachable_api_exits_1(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATAPREP_TOKEN", "any-token")
     config = _point_at(write_sweep(project), "http://127.0.0.1:9")

@@ -1,0 +1,147 @@
+"""Chaos: SIGKILL a 220-combination sweep five times under faults, resume it, count creations.
+
+The emulator runs in its own process (it survives the client's death) with 5% "created, then
+500", up to 1 s of POST latency and 429 bursts. ``sweeper run`` runs as a subprocess and is killed
+with SIGKILL at seeded random moments, then resumed to the end. The oracle must show every
+combination created exactly once, and every combination's last ledger row must be an outcome.
+
+Seeded: set SWEEPER_CHAOS_SEED to replay a failure (the seed is in every assertion message).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.reliab_support import (
+    created_groups,
+    last_rows,
+    ledger_rows,
+    served_emulator,
+    stats,
+    sweeper_argv,
+    write_sweep,
+)
+
+KILLS = 5
+BATCHES = 55  # x 4 regions = 220 combinations
+LATENCY_MAX = 1.0  # seconds of injected POST latency, at most
+FAULTS = """\
+seed = {seed}
+
+[latency]
+post = [0.0, {latency}]
+get = [0.0, 0.05]
+list = [0.0, 0.05]
+
+[errors]
+after_rate = 0.05
+status = 500
+
+[rate_limit]
+every = 40
+burst = 3
+retry_after = 1
+"""
+
+
+def _seed() -> int:
+    raw = os.environ.get("SWEEPER_CHAOS_SEED")
+    return int(raw) if raw else random.SystemRandom().randrange(1_000_000)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_five_times_then_resume_creates_each_combination_once(tmp_path: Path) -> None:
+    seed = _seed()
+    print(f"chaos seed: {seed} (replay with SWEEPER_CHAOS_SEED={seed})")
+    rng = random.Random(seed)
+    where = f"[SWEEPER_CHAOS_SEED={seed}]"
+    with served_emulator(
+        tmp_path / "server",
+        faults=FAULTS.format(seed=seed, latency=LATENCY_MAX),
+        args=["--quota-user", "6000", "--quota-workspace", "12000", "--time-scale", "10"],
+    ) as url:
+        project = tmp_path / "project"
+        config = write_sweep(
+            project / "chaos.toml",
+            name="chaos",
+            base_url=url,
+            matrix=f"""
+            Region = ["01", "02", "03", "04"]
+            batch = {{ start = 1, end = {BATCHES}, format = "03d" }}
+            """,
+            run={
+                "rate": "3000/min",
+                "concurrency": 8,
+                "poll_interval": "0.2s",
+                "poll_max_interval": "1s",
+                "timeout": "4m",
+                # The longest a request sent before a kill can still be in flight on the server.
+                "settle": f"{LATENCY_MAX + 0.5}s",
+            },
+            retry={
+                "attempts": 10,
+                "max_wait": "1s",
+                "total": "30s",
+                "budget": 2.0,
+                "breaker_threshold": 50,
+                "breaker_pause": "1s",
+                "breaker_max_opens": 100,
+            },
+        )
+        env = {**os.environ, "RELIAB_TOKEN": "chaos-token"}
+        argv = sweeper_argv("run", str(config), "--run-id", "chaos", "-q")
+        kills: list[float] = []
+        for _ in range(KILLS):
+            proc = subprocess.Popen(
+                argv, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            moment = rng.uniform(0.8, 4.0)  # the interpreter needs ~0.5 s to start
+            kills.append(round(moment, 2))
+            try:
+                proc.wait(moment)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            time.sleep(rng.uniform(0.0, 0.3))
+        final = subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, timeout=200
+        )
+        detail = f"{where} kills at {kills}\n{final.stdout}\n{final.stderr[-3000:]}"
+        counters = stats(url)
+        groups = created_groups(url)
+
+    assert final.returncode == 0, detail
+    per_combo = Counter(tuple(sorted(g["params"].items())) for g in groups)
+    twice = {k: n for k, n in per_combo.items() if n > 1}
+    assert not twice, f"{where} combinations created more than once: {twice}"
+    assert len(per_combo) == 4 * BATCHES, f"{where} {len(per_combo)} combinations created"
+    assert counters["duplicate_creations_by_params"] == 0, where
+    assert not counters["duplicates_by_execution_id"], where
+    assert counters["faults_served"].get("error_after", 0) > 0, f"{where} no fault was injected"
+
+    rows = ledger_rows(project / "results" / "chaos.csv")
+    last = last_rows(rows)
+    assert len(last) == 4 * BATCHES, where
+    lacking = {c: r["event"] for c, r in last.items() if r["event"] not in ("finished", "rejected")}
+    assert not lacking, f"{where} last rows without an outcome: {lacking}"
+    # Every group the server created is the one the ledger ended with, under one execution id.
+    ledger_ids = {int(r["job_group_id"]) for r in last.values()}
+    assert ledger_ids == {g["id"] for g in groups}, where
+    xids: dict[str, set[str]] = {}
+    for row in rows:
+        xids.setdefault(row["combo_id"], set()).add(row["execution_id"])
+    assert all(len(x) == 1 for x in xids.values()), f"{where} a combination changed identity"
+    print(
+        f"chaos seed {seed}: kills at {kills}; {len(groups)} created, "
+        f"{sum(per_combo.values()) - len(per_combo)} duplicates, "
+        f"{counters['served_304']} 304s, faults {counters['faults_served']}"
+    )
