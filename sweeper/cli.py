@@ -310,7 +310,7 @@ def plan(
     from sweeper import render
     from sweeper.config import load_config
     from sweeper.ledger import read_ledger
-    from sweeper.plan import Planner
+    from sweeper.plan import PlannedCombination, Planner
     from sweeper.runner import latest_as_of, plan_message
 
     with _exit_codes():
@@ -321,15 +321,28 @@ def plan(
         planner = Planner(
             config, history=history, run_id=rid, as_of=resolved, rerun=rerun, only=only, limit=limit
         )
-        counts = planner.check(allow_large=allow_large)
-        if output is not None:
-            render.write_plan_csv(planner, output)
-        if fmt == "json" or as_json:
-            click.echo(json.dumps(render.plan_json(planner, counts, show_all=show_all), indent=2))
+        json_out = fmt == "json" or as_json
+        digest = render.PlanDigest(keep_all=show_all or json_out)
+        sinks = [digest.add]
+        plan_csv = render.PlanCsv(output, config.matrix.param_names) if output else None
+        if plan_csv is not None:
+            sinks.append(plan_csv.add)
+
+        def take(item: PlannedCombination) -> None:
+            for sink in sinks:
+                sink(item)
+
+        try:
+            counts = planner.check(allow_large=allow_large, on_item=take)
+        finally:
+            if plan_csv is not None:
+                plan_csv.close()
+        if json_out:
+            click.echo(json.dumps(render.plan_json(planner, counts, digest), indent=2))
         elif quiet:
             click.echo(plan_message(counts, config.sweep.name, rid))
         else:
-            click.echo(render.plan_text(planner, counts, show_all=show_all))
+            click.echo(render.plan_text(planner, counts, digest))
 
 
 def _status_target(target: Path, config_opt: Path | None) -> tuple[Path | None, Path]:

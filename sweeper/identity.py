@@ -11,10 +11,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+)  # built once: json.dumps would build an encoder per call, and plans call this per combination
+
 
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: the same data always gives the same text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(value)
 
 
 def _digest(text: str, length: int) -> str:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import difflib
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
-from sweeper.identity import canonical_json, execution_id
+from sweeper.identity import execution_id
 from sweeper.ledger import Event, LedgerRow, current_state
 from sweeper.matrix import Combination, count_combinations, expand_matrix, parse_only, select
-from sweeper.template import render_request
+from sweeper.template import output_paths, render_request
 
 RERUN_POLICIES = ("incomplete", "failed", "all")
 
@@ -42,7 +42,7 @@ class PlannedCombination:
 
     @property
     def output_paths(self) -> tuple[str, ...]:
-        return output_paths(self.body)
+        return tuple(output_paths(self.body))
 
     @property
     def job_group_id(self) -> int | None:
@@ -57,13 +57,6 @@ class PlanCounts:
     def add(self, item: PlannedCombination) -> None:
         self.total += 1
         self.by_action[item.action.value] += 1
-
-
-def output_paths(body: Mapping[str, Any]) -> tuple[str, ...]:
-    """The writeSettings paths of a rendered request body."""
-    overrides = body.get("overrides") or {}
-    settings = overrides.get("writesettings") or overrides.get("writeSettings") or ()
-    return tuple(str(ws.get("path", "")) for ws in settings)
 
 
 def _decide(
@@ -169,11 +162,18 @@ class Planner:
             )
             yield PlannedCombination(combo, action, reason, gen, xid, body, last)
 
-    def check(self, *, allow_large: bool = False) -> PlanCounts:
+    def check(
+        self,
+        *,
+        allow_large: bool = False,
+        on_item: Callable[[PlannedCombination], None] | None = None,
+    ) -> PlanCounts:
         """Refuse a plan that is too large or that has colliding combinations; count actions.
 
-        A full pass over the plan before anything is submitted: duplicate combinations, two
-        combinations sending the same request, or two writing the same output path are refused.
+        A full pass over the plan before anything is submitted: a combination listed twice (which
+        would send the same request twice) or two combinations writing the same output path are
+        refused. ``on_item`` sees every planned combination of that pass, so callers that render
+        the plan need no second pass.
         """
         self._check_include_keys()
         total = self.count()
@@ -188,9 +188,10 @@ class Planner:
             )
         counts = PlanCounts()
         seen_combo: set[str] = set()
-        seen_body: dict[str, str] = {}
         seen_path: dict[str, str] = {}
         for item in self:
+            # Every parameter is sent in runParameters, so two combinations send the same request
+            # exactly when they have the same parameters, i.e. the same combo_id.
             cid = item.combo.combo_id
             if cid in seen_combo:
                 raise MatrixError(
@@ -202,15 +203,6 @@ class Planner:
                     key="matrix",
                 )
             seen_combo.add(cid)
-            body_key = canonical_json(item.body)
-            if body_key in seen_body:
-                raise MatrixError(
-                    f"combinations {seen_body[body_key]} and {cid} ({describe(item.combo)}) render "
-                    "the same request. Add the distinguishing parameter to the request.",
-                    path=str(self.config.path),
-                    key="overrides",
-                )
-            seen_body[body_key] = cid
             for path in item.output_paths:
                 other = seen_path.setdefault(path, cid)
                 if other != cid:
@@ -222,6 +214,8 @@ class Planner:
                         key="overrides.writeSettings.path",
                     )
             counts.add(item)
+            if on_item is not None:
+                on_item(item)
         return counts
 
     def _check_include_keys(self) -> None:

@@ -21,9 +21,14 @@ REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
 
 
 class PlanDigest:
-    """One streaming pass over a plan: counts per axis, first/last items, non-submit reasons."""
+    """What `sweeper plan` shows, gathered while the planner checks the plan (one pass).
 
-    def __init__(self, planner: Planner, *, keep_all: bool = False) -> None:
+    Counts per axis, the first and last combinations, and the combinations that are not plain
+    submissions (skipped, resent, waited on, rerun) with their reasons.
+    """
+
+    def __init__(self, *, keep_all: bool = False) -> None:
+        self.keep_all = keep_all
         self.axes: dict[str, collections.Counter[str]] = collections.defaultdict(
             collections.Counter
         )
@@ -31,22 +36,23 @@ class PlanDigest:
         self.last: collections.deque[PlannedCombination] = collections.deque(
             maxlen=SHOWN_AT_EACH_END
         )
-        self.notable: list[PlannedCombination] = []  # skip / resend / wait / rerun, with reasons
+        self.notable: list[PlannedCombination] = []
         self.notable_count = 0
         self.items: list[PlannedCombination] = []
-        for item in planner:
-            for key, value in item.combo.params.items():
-                self.axes[key][value] += 1
-            if keep_all:
-                self.items.append(item)
-            if len(self.first) < SHOWN_AT_EACH_END:
-                self.first.append(item)
-            else:
-                self.last.append(item)
-            if item.action.value != "submit" or item.generation:
-                self.notable_count += 1
-                if len(self.notable) < REASONS_SHOWN:
-                    self.notable.append(item)
+
+    def add(self, item: PlannedCombination) -> None:
+        for key, value in item.combo.params.items():
+            self.axes[key][value] += 1
+        if self.keep_all:
+            self.items.append(item)
+        if len(self.first) < SHOWN_AT_EACH_END:
+            self.first.append(item)
+        else:
+            self.last.append(item)
+        if item.action.value != "submit" or item.generation:
+            self.notable_count += 1
+            if len(self.notable) < REASONS_SHOWN:
+                self.notable.append(item)
 
 
 def _line(item: PlannedCombination) -> str:
@@ -55,8 +61,7 @@ def _line(item: PlannedCombination) -> str:
     )
 
 
-def plan_text(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -> str:
-    digest = PlanDigest(planner, keep_all=show_all)
+def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
     out = [plan_message(counts, planner.config.sweep.name, planner.run_id)]
     out.append(f"as of {planner.as_of.isoformat()}; ledger {planner.config.sweep.ledger}")
     if digest.axes:
@@ -65,7 +70,7 @@ def plan_text(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -
             shown = ", ".join(f"{v} ({n})" for v, n in list(values.items())[:8])
             more = f", ... {len(values) - 8} more" if len(values) > 8 else ""
             out.append(f"  {key}: {len(values)} values: {shown}{more}")
-    if show_all:
+    if digest.keep_all:
         out.append("combinations:")
         out.extend(_line(i) for i in digest.items)
     elif digest.first:
@@ -76,7 +81,7 @@ def plan_text(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -
             out.extend(_line(i) for i in digest.last)
         out.append("first request body:")
         out.append("  " + canonical_json(digest.first[0].body))
-    if digest.notable and not show_all:
+    if digest.notable and not digest.keep_all:
         out.append("skipped, resent, waited on or rerun, and why:")
         out.extend(_line(i) for i in digest.notable)
         if digest.notable_count > len(digest.notable):
@@ -99,8 +104,8 @@ def _item_json(item: PlannedCombination) -> dict[str, Any]:
     }
 
 
-def plan_json(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -> dict[str, Any]:
-    digest = PlanDigest(planner, keep_all=True)
+def plan_json(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> dict[str, Any]:
+    """The plan for scripts; every combination with its body when the digest kept them all."""
     return {
         "sweep": planner.config.sweep.name,
         "run_id": planner.run_id,
@@ -112,28 +117,34 @@ def plan_json(planner: Planner, counts: PlanCounts, *, show_all: bool = False) -
     }
 
 
-def write_plan_csv(planner: Planner, path: Path) -> None:
-    """The whole plan, one row per combination, streamed to a CSV file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = list(planner.config.matrix.param_names)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(
-            ["combo_id", "action", "reason", "generation", "execution_id", *names, "body"]
+class PlanCsv:
+    """The whole plan, one row per combination, streamed to a CSV file as it is checked."""
+
+    def __init__(self, path: Path, param_names: Iterable[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.names = list(param_names)
+        self._fh = path.open("w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._fh, lineterminator="\n")
+        self._writer.writerow(
+            ["combo_id", "action", "reason", "generation", "execution_id", *self.names, "body"]
         )
-        for item in planner:
-            params = [item.combo.params.get(n, "") for n in names]
-            writer.writerow(
-                [
-                    item.combo.combo_id,
-                    item.action.value,
-                    item.reason,
-                    item.generation,
-                    item.execution_id,
-                    *params,
-                    canonical_json(item.body),
-                ]
-            )
+
+    def add(self, item: PlannedCombination) -> None:
+        params = [item.combo.params.get(n, "") for n in self.names]
+        self._writer.writerow(
+            [
+                item.combo.combo_id,
+                item.action.value,
+                item.reason,
+                item.generation,
+                item.execution_id,
+                *params,
+                canonical_json(item.body),
+            ]
+        )
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def summary_text(s: RunSummary) -> str:

@@ -7,10 +7,11 @@ Placeholders in any string of the overrides: ``{Param}`` (the string sent for th
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, time
 from typing import Any
@@ -47,7 +48,8 @@ def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
             yield from _walk(v, f"{key}[{i}]")
 
 
-def _fields(text: str, key: str) -> list[tuple[str, str, str | None]]:
+@functools.lru_cache(maxsize=4096)
+def _fields(text: str, key: str) -> tuple[tuple[str, str, str | None], ...]:
     """``(literal, field, spec)`` pieces of one template string; MatrixError if malformed."""
     try:
         parsed = list(_formatter.parse(text))
@@ -74,9 +76,10 @@ def _fields(text: str, key: str) -> list[tuple[str, str, str | None]]:
                 key=key,
             )
         pieces.append((literal, name, spec or None))
-    return pieces
+    return tuple(pieces)
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_path(key: str) -> bool:
     return _PATH_KEY.fullmatch(key) is not None
 
@@ -95,6 +98,7 @@ def check_template(overrides: Mapping[str, Any], spec: MatrixSpec) -> None:
                 )
 
 
+@functools.lru_cache(maxsize=65536)  # parameter values repeat across combinations
 def _unsafe(text: str) -> str | None:
     """Why a value cannot be one component of an output path, or None if it can."""
     for candidate in {text, unquote(text), unicodedata.normalize("NFKC", text)}:
@@ -160,14 +164,40 @@ def render_string(text: str, combo: Combination, run_id: str, *, key: str = "ove
     return "".join(out)
 
 
-def _render(value: Any, combo: Combination, run_id: str, key: str) -> Any:
+Renderer = Callable[[Combination, str], Any]
+
+
+def _compile(value: Any, key: str) -> Renderer:
+    """A function (combination, run_id) -> rendered value, doing the template parsing once."""
     if isinstance(value, str):
-        return render_string(value, combo, run_id, key=key)
+        if "{" not in value and "}" not in value:
+            return lambda combo, run_id: value
+        _fields(value, key)  # malformed templates fail here, before any combination
+
+        def render_text(combo: Combination, run_id: str) -> str:
+            return render_string(value, combo, run_id, key=key)
+
+        return render_text
     if isinstance(value, Mapping):
-        return {k: _render(v, combo, run_id, f"{key}.{k}") for k, v in value.items()}
+        parts = [(k, _compile(v, f"{key}.{k}")) for k, v in value.items()]
+        return lambda combo, run_id: {k: part(combo, run_id) for k, part in parts}
     if isinstance(value, (list, tuple)):
-        return [_render(v, combo, run_id, f"{key}[{i}]") for i, v in enumerate(value)]
-    return value
+        items = [_compile(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return lambda combo, run_id: [item(combo, run_id) for item in items]
+    return lambda combo, run_id: value
+
+
+_compiled: dict[int, tuple[Mapping[str, Any], Renderer]] = {}
+
+
+def _renderer(overrides: Mapping[str, Any]) -> Renderer:
+    """The compiled template of ``overrides``, compiled once per template object."""
+    cached = _compiled.get(id(overrides))
+    if cached is None or cached[0] is not overrides:
+        cached = (overrides, _compile(overrides, "overrides"))
+        _compiled.clear()  # one sweep's template at a time is all a process renders
+        _compiled[id(overrides)] = cached
+    return cached[1]
 
 
 def render_request(
@@ -176,7 +206,7 @@ def render_request(
     """The exact ``POST /v4/jobGroups`` body for one combination (plain dicts and lists)."""
     body: dict[str, Any] = {"wrangledDataset": {"id": dataset}}
     if overrides:
-        body["overrides"] = _render(overrides, combo, run_id, "overrides")
+        body["overrides"] = _renderer(overrides)(combo, run_id)
     if combo.params:
         data = [{"key": k, "value": v} for k, v in combo.params.items()]
         body["runParameters"] = {"overrides": {"data": data}}
