@@ -1,0 +1,137 @@
+"""Latency benchmark: no quota, 100 ms per POST; throughput against Little's law, c = 1..32.
+
+    python benchmarks/latency.py               # c = 1, 2, 4, 8, 16, 32; 3 runs; ~2 minutes
+    python benchmarks/latency.py --quick       # c = 1, 8, 32, one short run
+
+By Little's law a client holding c requests in flight against a server that answers in W
+seconds cannot exceed c / W requests per second; the target is >= 0.8 of that bound. Rows:
+sweeper itself (`sweeper run`, rate far above the bound, wait = false: the runner's whole
+submission path, ledger fsyncs included) and a bare single httpx.AsyncClient for reference.
+Throughput is measured by the server's oracle, first to last creation, so process start-up
+is not counted.
+
+Two servers: the emulator (uvicorn + Starlette + SQLite, a few ms of CPU per POST, so it caps
+near 130 POSTs/s on a 2-core machine, below the bound for c >= 16), and benchmarks/stub_server.py
+(a bare asyncio server answering after the same 100 ms) which leaves the client as the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from clients import bare_async
+from harness import (
+    Emulator,
+    creations,
+    median,
+    run_sweeper,
+    scratch,
+    served_emulator,
+    served_stub,
+    write_sweep,
+)
+
+import results
+
+LATENCY = 0.1  # seconds the emulator waits before answering each POST
+FAULTS = f"[latency]\npost = [{LATENCY}, {LATENCY}]\n"
+
+
+@dataclass(frozen=True)
+class Point:
+    client: str
+    concurrency: int
+    n: int
+    throughput: float  # creations per second over the creation span
+    failures: int
+
+
+def sweeper_point(emulator: Emulator, workdir: Path, c: int, n: int, tag: str) -> Point:
+    emulator.reset()
+    config = write_sweep(
+        workdir / f"lat-{tag}.toml",
+        name=f"lat-{tag}",
+        base_url=emulator.base_url,
+        n=n,
+        rate="100000/s",
+        concurrency=c,
+    )
+    done = run_sweeper(config, timeout=300.0, run_id=tag)
+    made = creations(emulator.job_groups(), n)
+    if done.exit_code != 0:
+        print(f"sweeper c={c} exited {done.exit_code}: {done.stderr_tail}")
+    return Point("sweeper", c, n, made.rate_per_s, made.lost + made.duplicates)
+
+
+def bare_point(emulator: Emulator, c: int, n: int) -> Point:
+    emulator.reset()
+    done = bare_async(emulator.base_url, n, c)
+    made = creations(emulator.job_groups(), n)
+    return Point("httpx.AsyncClient x1", c, n, made.rate_per_s, done.gave_up + made.lost)
+
+
+HEADERS = (
+    "server",
+    "client",
+    "c",
+    "N",
+    "bound c/W req/s",
+    "req/s (median)",
+    "ratio",
+    "runs",
+    "failures",
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per point; medians reported")
+    parser.add_argument("--quick", action="store_true", help="smoke run of seconds")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare httpx reference")
+    parser.add_argument(
+        "--server", choices=("emulator", "stub", "both"), default="both", help="which server"
+    )
+    parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
+    args = parser.parse_args()
+    servers = ["emulator", "stub"] if args.server == "both" else [args.server]
+    levels = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
+    repeat = 1 if args.quick else args.repeat
+    seconds = 1.0 if args.quick else 3.0  # of steady state per point, at the bound
+    info = results.machine()
+    points: dict[tuple[str, str, int], list[Point]] = {}
+    for server in servers:
+        with scratch("latency") as workdir:
+            served = (
+                served_emulator(workdir=workdir, faults=FAULTS)
+                if server == "emulator"
+                else served_stub(workdir=workdir, latency=LATENCY)
+            )
+            with served as emu:
+                for rep in range(repeat):
+                    for c in levels:
+                        n = max(30, round(c / LATENCY * seconds))
+                        got = [sweeper_point(emu, workdir, c, n, f"r{rep}c{c}")]
+                        if not args.no_bare:
+                            got.append(bare_point(emu, c, n))
+                        for p in got:
+                            points.setdefault((server, p.client, c), []).append(p)
+                            print(
+                                f"{server:8} run {rep + 1} {p.client:22} c={c:<3} "
+                                f"{p.throughput:7.1f} req/s"
+                            )
+    rows = []
+    for (server, client, c), ps in points.items():
+        bound = c / LATENCY
+        tput = median([p.throughput for p in ps])
+        runs = ", ".join(f"{p.throughput:.1f}" for p in ps)
+        failures = sum(p.failures for p in ps)
+        rows.append([server, client, c, ps[0].n, bound, tput, tput / bound, runs, failures])
+    rows.sort(key=lambda r: (str(r[0]), str(r[1]) != "sweeper", int(str(r[2]))))
+    title = f"Latency: no quota, {LATENCY * 1000:.0f} ms per POST, {repeat} run(s) per point"
+    results.report(title, info, results.table(HEADERS, rows), record=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Polling benchmark: status GETs per job group for jobs of 10 s, 10 min and 1 h.
+
+    python benchmarks/polling.py               # 3 runs, ~1-2 minutes
+    python benchmarks/polling.py --quick       # one run, seconds
+
+Two figures per job length:
+* computed: the schedule `sweeper.retry.poll_delays(run.poll_interval, run.poll_max_interval)`
+  summed until it covers the job (one GET per delay); without jitter, and the mean / max over
+  1,000 seeded jittered schedules;
+* measured: a real `run_sweep` (the library, in this process) against a served emulator whose
+  clock runs k times faster (`--time-scale k`) with every poll setting of the sweep divided by k
+  (`poll_interval`, `poll_max_interval`, `timeout`) and `max_polls_per_second` multiplied by k.
+  Every duration on both sides shrinks by the same factor, so the sequence of (sleep, GET)
+  steps is the same as at full scale; only the few ms each GET takes in real time grow
+  relative to the sleeps (they make a poll happen later in emulated time, so this can only
+  *lower* the count slightly). GETs are counted by a transport wrapper, per job group.
+Target (issue 7): <= 20 GETs for a one-hour job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import statistics
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from harness import TOKEN, TOKEN_ENV, median, scratch, served_emulator, write_sweep
+
+import results
+
+LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
+BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
+GROUP_PATH = re.compile(r"/v4/jobGroups/(\d+)")
+
+
+class CountingTransport(httpx.AsyncBaseTransport):
+    """Counts GETs per job group id on their way to the real transport."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.gets: Counter[int] = Counter()
+        self.posts = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.posts += 1
+        match = GROUP_PATH.search(request.url.path)
+        if request.method == "GET" and match:
+            self.gets[int(match.group(1))] += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, int]:
+    """GETs to see a job of ``seconds`` end: (no jitter, mean jittered, max jittered)."""
+    from sweeper.retry import poll_delays
+
+    def count(rng: random.Random | None, jitter: float) -> int:
+        elapsed = 0.0
+        for n, delay in enumerate(poll_delays(initial, cap, jitter=jitter, rng=rng), 1):
+            elapsed += delay
+            if elapsed >= seconds:
+                return n
+        raise AssertionError("unreachable")
+
+    samples = [count(random.Random(seed), 0.1) for seed in range(1000)]
+    return count(None, 0.0), statistics.mean(samples), max(samples)
+
+
+async def _measure(config_path: Path, groups: int) -> list[int]:
+    from sweeper.config import load_config
+    from sweeper.connect import connect
+    from sweeper.ledger import Ledger
+    from sweeper.runner import run_sweep
+
+    config = load_config(config_path)
+    counting = CountingTransport(httpx.AsyncHTTPTransport())
+    client = connect(config, environ={TOKEN_ENV: TOKEN}, transport=counting)
+    with Ledger.open(
+        config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
+    ) as ledger:
+        async with client:
+            summary = await run_sweep(
+                config,
+                client=client,
+                ledger=ledger,
+                run_id="poll",
+                as_of=datetime.now(timezone.utc),
+                wait=True,
+            )
+    if summary.exit_code != 0:
+        print(f"warning: the sweep ended with exit code {summary.exit_code}")
+    counts = list(counting.gets.values())
+    return counts + [0] * (groups - len(counts))
+
+
+def measure(seconds: float, real_seconds: float, groups: int, seed: int) -> list[int]:
+    """GETs per group for ``groups`` jobs of ``seconds``, emulated in ~``real_seconds``."""
+    from sweeper.config import RunSettings
+
+    k = max(1.0, seconds / real_seconds)
+    defaults = RunSettings()
+    faults = f"[jobs]\nslow_factor = {seconds / BASE_JOB_SECONDS}\n"
+    with (
+        scratch("polling") as workdir,
+        served_emulator(workdir=workdir, time_scale=k, faults=faults, seed=seed) as emulator,
+    ):
+        config = write_sweep(
+            workdir / "poll.toml",
+            name="poll",
+            base_url=emulator.base_url,
+            n=groups,
+            rate="1000/s",
+            concurrency=4,
+            wait=True,
+            extra_run={
+                "poll_interval": defaults.poll_interval / k,
+                "poll_max_interval": defaults.poll_max_interval / k,
+                "max_polls_per_second": defaults.max_polls_per_second * k,
+                "timeout": 3 * seconds / k + 30,
+            },
+        )
+        return asyncio.run(_measure(config, groups))
+
+
+HEADERS = (
+    "job length",
+    "k (time scale)",
+    "computed, no jitter",
+    "computed mean (max)",
+    "measured GETs/group (median)",
+    "runs (per-group counts)",
+    "target",
+)
+
+
+def main() -> None:
+    from sweeper.config import RunSettings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs; medians reported")
+    parser.add_argument("--groups", type=int, default=4, help="job groups per length")
+    parser.add_argument("--quick", action="store_true", help="one run, 2 groups, ~2 s per job")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
+    args = parser.parse_args()
+    repeat = 1 if args.quick else args.repeat
+    groups = 2 if args.quick else args.groups
+    real = 2.0 if args.quick else 8.0  # real seconds per emulated job
+    defaults = RunSettings()
+    info = results.machine()
+    rows = []
+    for label, seconds in LENGTHS.items():
+        plain, mean, worst = computed(seconds, defaults.poll_interval, defaults.poll_max_interval)
+        runs = [measure(seconds, real, groups, seed) for seed in range(repeat)]
+        flat = [c for run in runs for c in run]
+        print(f"{label}: computed {plain} ({mean:.1f} mean), measured {runs}")
+        rows.append(
+            [
+                label,
+                max(1.0, seconds / real),
+                plain,
+                f"{mean:.1f} ({worst})",
+                median(flat),
+                "; ".join(",".join(str(c) for c in run) for run in runs),
+                "<= 20" if seconds == 3600.0 else "-",
+            ]
+        )
+    title = (
+        f"Polling: GETs per job group (poll_interval {defaults.poll_interval:g} s, "
+        f"poll_max_interval {defaults.poll_max_interval:g} s, factor 1.5, jitter 10%)"
+    )
+    results.report(title, info, results.table(HEADERS, rows), record=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()

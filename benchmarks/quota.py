@@ -1,0 +1,215 @@
+"""Quota benchmark: sweeper at 0.9, 1.0 and 1.2 x the quota beside the naive and Airflow clients.
+
+    python benchmarks/quota.py                 # Q = 300/min per user, N = 450, ~2-3 minutes
+    python benchmarks/quota.py --repeat 3      # three runs, medians
+    python benchmarks/quota.py --quick         # a smoke run of seconds (the quota never binds)
+
+Each row gets its own emulator (a subprocess enforcing Q per user and 2Q per workspace over a
+sliding 60 s window) and the rows run side by side, so a run takes as long as its slowest row.
+The figures come from the emulator's oracle: what was really created, per combination.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from clients import airflow_style, naive_async
+from harness import creations, median, run_sweeper, scratch, served_emulator, write_sweep
+
+import results
+
+FAULT_AFTER = "[errors]\nafter_rate = 0.05\n"  # 5 % of POSTs: created, then 500
+
+
+@dataclass(frozen=True)
+class Row:
+    client: str
+    setting: str
+    faults: str | None
+    run: Callable[[str, Path, int], tuple[float, int, int]]  # (url, dir, n) -> wall, posts, exit
+
+
+@dataclass(frozen=True)
+class Figures:
+    client: str
+    setting: str
+    wall_s: float
+    rate_span: float  # created per minute over the submission span / Q
+    rate_wall: float  # combinations created per minute of wall time / Q
+    served_429: int
+    posts: int
+    created: int
+    duplicates: int
+    lost: int
+    exit: int
+
+
+def smooth_rate(per_minute: Fraction) -> str:
+    """A sweeper rate string with the same long-run rate and no burst: "9/2s" for 270/min."""
+    per_second = per_minute / 60
+    return f"{per_second.numerator}/{per_second.denominator}s"
+
+
+def sweeper_row(fraction: Fraction, quota: int, faults: str | None = None) -> Row:
+    rate = smooth_rate(fraction * quota)
+
+    def run(url: str, workdir: Path, n: int) -> tuple[float, int, int]:
+        config = write_sweep(
+            workdir / "sweep.toml", name="quota", base_url=url, n=n, rate=rate, concurrency=4
+        )
+        done = run_sweeper(config, timeout=900.0)
+        if done.exit_code not in (0, 3):
+            print(f"sweeper exited {done.exit_code}: {done.stderr_tail}")
+        posts = int(done.summary.get("posts", 0) or 0)
+        return done.wall_s, posts, done.exit_code
+
+    label = "sweeper" + (" + 5% created-then-500" if faults else "")
+    return Row(label, f"rate {float(fraction):.1f}Q ({rate}), c=4", faults, run)
+
+
+def naive_row() -> Row:
+    def run(url: str, workdir: Path, n: int) -> tuple[float, int, int]:
+        done = naive_async(url, n, retry_sleep=1.0, deadline_s=600.0)
+        return done.wall_s, done.posts, 0 if done.gave_up == 0 else 3
+
+    return Row("naive asyncio", "all at once, 429 -> sleep 1 s", None, run)
+
+
+def airflow_row(faults: str | None = None) -> Row:
+    def run(url: str, workdir: Path, n: int) -> tuple[float, int, int]:
+        done = airflow_style(url, n)
+        return done.wall_s, done.posts, 0 if done.gave_up == 0 else 3
+
+    label = "Airflow-style" + (" + 5% created-then-500" if faults else "")
+    return Row(label, "sequential, retry x5 exp.", faults, run)
+
+
+def measure(row: Row, quota: int, n: int, seed: int) -> Figures:
+    with (
+        scratch("quota") as workdir,
+        served_emulator(
+            workdir=workdir,
+            quota_user=quota,
+            quota_workspace=2 * quota,
+            faults=row.faults,
+            seed=seed,
+        ) as emulator,
+    ):
+        wall, posts, exit_code = row.run(emulator.base_url, workdir, n)
+        stats = emulator.stats()
+        made = creations(emulator.job_groups(), n)
+    per_minute_q = quota / 60.0
+    return Figures(
+        client=row.client,
+        setting=row.setting,
+        wall_s=wall,
+        rate_span=made.rate_per_s / per_minute_q,
+        rate_wall=(made.distinct / wall) / per_minute_q if wall > 0 else math.nan,
+        served_429=int(stats["served_429"]),
+        posts=posts or int(stats["posts_received"]),
+        created=made.created,
+        duplicates=made.duplicates,
+        lost=made.lost,
+        exit=exit_code,
+    )
+
+
+HEADERS = (
+    "client",
+    "setting",
+    "wall s",
+    "rate/Q (span)",
+    "rate/Q (wall)",
+    "429s",
+    "POSTs",
+    "created",
+    "duplicates",
+    "lost",
+    "exit",
+)
+
+
+def as_row(f: Figures) -> list[object]:
+    return [
+        f.client,
+        f.setting,
+        f.wall_s,
+        f.rate_span,
+        f.rate_wall,
+        f.served_429,
+        f.posts,
+        f.created,
+        f.duplicates,
+        f.lost,
+        f.exit,
+    ]
+
+
+def medians(runs: list[list[Figures]]) -> list[list[object]]:
+    out = []
+    for i, first in enumerate(runs[0]):
+        same = [r[i] for r in runs]
+        out.append(
+            [
+                first.client,
+                first.setting,
+                median([f.wall_s for f in same]),
+                median([f.rate_span for f in same]),
+                median([f.rate_wall for f in same]),
+                median([f.served_429 for f in same]),
+                median([f.posts for f in same]),
+                median([f.created for f in same]),
+                median([f.duplicates for f in same]),
+                median([f.lost for f in same]),
+                "/".join(str(f.exit) for f in same),
+            ]
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quota", type=int, default=300, help="Q: POSTs per user per minute")
+    parser.add_argument("-n", type=int, default=450, help="combinations per row (default 1.5 Q)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs; medians are reported")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N=30, seconds")
+    parser.add_argument("--sequential", action="store_true", help="one row at a time")
+    parser.add_argument("--no-faults", action="store_true", help="skip the created-then-500 rows")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
+    args = parser.parse_args()
+    n = 30 if args.quick else args.n
+    quota = args.quota
+    rows = [
+        sweeper_row(Fraction(9, 10), quota),
+        sweeper_row(Fraction(1), quota),
+        sweeper_row(Fraction(6, 5), quota),
+        naive_row(),
+        airflow_row(),
+    ]
+    if not args.no_faults:
+        rows += [airflow_row(FAULT_AFTER), sweeper_row(Fraction(9, 10), quota, FAULT_AFTER)]
+    info = results.machine()
+    runs: list[list[Figures]] = []
+    for rep in range(args.repeat):
+        print(f"run {rep + 1}/{args.repeat}: {len(rows)} rows, N={n}, Q={quota}/min ...")
+        workers = 1 if args.sequential else len(rows)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(measure, row, quota, n, rep) for row in rows]
+            runs.append([f.result() for f in futures])
+        print(results.table(HEADERS, [as_row(f) for f in runs[-1]]))
+    title = f"Quota: Q = {quota}/min per user ({2 * quota}/min workspace), N = {n}"
+    body = f"Medians of {len(runs)} run(s):\n\n" + results.table(HEADERS, medians(runs))
+    if len(runs) > 1:
+        for i, run in enumerate(runs, 1):
+            body += f"\n\nRun {i}:\n\n" + results.table(HEADERS, [as_row(f) for f in run])
+    results.report(title, info, body, record=not args.no_record)
+
+
+if __name__ == "__main__":
+    main()
