@@ -6,6 +6,7 @@ a combination is its last row. See docs/ledger.md for every column and event.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import enum
@@ -491,16 +492,22 @@ class Ledger:
 
     def append(self, row: LedgerRow) -> None:
         """Write one row as one line, then flush it to disk (fsync) before returning."""
-        if row.sweep != self.sweep:
-            raise ValueError(f"row of sweep {row.sweep!r} appended to ledger of {self.sweep!r}")
-        row = sanitize_row(row)
-        data = _csv_line(_encode(row, self.param_columns)).encode("utf-8")
+        self.append_many((row,))
+
+    def append_many(self, rows: Sequence[LedgerRow]) -> None:
+        """Write rows as lines, in order, then one fsync for all of them (group commit)."""
+        clean: list[LedgerRow] = []
+        for row in rows:
+            if row.sweep != self.sweep:
+                raise ValueError(f"row of sweep {row.sweep!r} appended to ledger of {self.sweep!r}")
+            clean.append(sanitize_row(row))
+        data = "".join(_csv_line(_encode(r, self.param_columns)) for r in clean).encode("utf-8")
         with self._mutex:
             if self._fd is None:
                 raise ValueError(f"the ledger {self.path} is closed")
             _write_all(self._fd, data)
             os.fsync(self._fd)
-            self._rows.append(row)
+            self._rows.extend(clean)
 
     def close(self) -> None:
         """Close the file and release the lock; idempotent."""
@@ -526,6 +533,50 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class AsyncAppender:
+    """Appends rows for many asyncio tasks: fsync off the event loop, one fsync per batch.
+
+    ``await append(row)`` returns only once the row is on disk, so a caller that writes an
+    ``intent`` row and then sends its POST keeps the write-ahead rule. Rows that arrive while a
+    batch is being written share the next fsync, so concurrent submissions do not queue behind
+    one fsync each, and the event loop keeps serving responses meanwhile.
+    """
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+        self._queue: list[tuple[LedgerRow, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def append(self, row: LedgerRow) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((row, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        # Shielded: a caller cancelled while waiting must not take its row out of the batch.
+        await asyncio.shield(future)
+
+    async def drain(self) -> None:
+        """Wait until every row handed to `append` so far has been written (or has failed)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                await asyncio.to_thread(self._ledger.append_many, [row for row, _ in batch])
+            except BaseException as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
 
 
 def _quarantine(path: Path, torn: bytes) -> TornTail:

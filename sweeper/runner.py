@@ -42,7 +42,7 @@ from sweeper.errors import (
     RunAbortedError,
     SweeperError,
 )
-from sweeper.ledger import Event, Ledger, LedgerRow, current_state
+from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state
 from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
 from sweeper.retry import (
     CircuitBreaker,
@@ -163,6 +163,7 @@ class _Run:
         self.config = config
         self.client = client
         self.ledger = ledger
+        self.appender = AsyncAppender(ledger)
         self.planner = planner
         self.wait = wait
         self.interrupt = interrupt
@@ -207,11 +208,23 @@ class _Run:
 
     # -- ledger ---------------------------------------------------------------------------
 
-    def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+    async def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+        """Append a row and return once it is on disk (group-committed with concurrent rows)."""
+        row = self._row(item, event, **fields)
+        await self.appender.append(row)
+        return row
+
+    def write_now(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+        """Append a row synchronously, for callbacks that cannot await (retry hooks)."""
+        row = self._row(item, event, **fields)
+        self.ledger.append(row)
+        return row
+
+    def _row(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
         fields.setdefault("reason", item.reason)
         if event is Event.INTENT:
             self.first_attempt.setdefault(item.execution_id, time.time())
-        row = LedgerRow(
+        return LedgerRow(
             ts=utc_now(),
             sweep=self.config.sweep.name,
             run_id=self.planner.run_id,
@@ -224,8 +237,6 @@ class _Run:
             as_of=self.as_of,
             **fields,
         )
-        self.ledger.append(row)
-        return row
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -315,7 +326,9 @@ class _Run:
             if self.halted and attempt == 0:
                 raise _Stopped
             attempt += 1
-            self.write(item, Event.INTENT, attempt=attempt)  # fsynced before the request leaves
+            await self.write(
+                item, Event.INTENT, attempt=attempt
+            )  # fsynced before the request leaves
             self.summary.posts += 1
             try:
                 result = await self.client.create_job_group(
@@ -341,7 +354,7 @@ class _Run:
             last_error = error
             self.summary.retries += 1
             if error.failure is FailureClass.IN_DOUBT:
-                self.write(
+                self.write_now(
                     item,
                     Event.IN_DOUBT,
                     attempt=number,
@@ -365,17 +378,17 @@ class _Run:
         except _Stopped:
             if attempt == 0:
                 return  # never sent: nothing to record, the next run submits it
-            self._record_failure(
+            await self._record_failure(
                 item, last_error, attempt, note="interrupted before it was resolved"
             )
             return
         except RunAbortedError as exc:
             if attempt:
-                self._record_failure(item, last_error, attempt, note=str(exc))
+                await self._record_failure(item, last_error, attempt, note=str(exc))
             self._stop(exc)
             return
         except ApiError as exc:
-            self._record_failure(item, exc, attempt)
+            await self._record_failure(item, exc, attempt)
             if isinstance(exc, AuthError):
                 self._stop(exc)
             elif isinstance(exc, ApiConnectionError):
@@ -390,7 +403,7 @@ class _Run:
             return
         await self._record_submission(item, sub, attempt)
 
-    def _record_failure(
+    async def _record_failure(
         self, item: PlannedCombination, error: ApiError | None, attempt: int, note: str = ""
     ) -> None:
         text = "; ".join(t for t in (str(error) if error else "", note) if t)
@@ -403,7 +416,7 @@ class _Run:
             event, kind = Event.REJECTED, "rejected"
         else:  # NOT_SENT, REJECTED (429/503) or AUTH: the server provably did not create it
             event, kind = Event.NOT_SENT, "not_sent"
-        self.write(
+        await self.write(
             item, event, attempt=attempt, http_status=status, error=text, request_id=request_id
         )
         self.emit(RunEvent(kind, f"{describe(item.combo)}: {kind.replace('_', ' ')}: {text}", item))
@@ -414,7 +427,7 @@ class _Run:
         common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
         if sub.status_code == 201 and sub.job_group_id is not None:
             self.summary.submitted += 1
-            self.write(
+            await self.write(
                 item,
                 Event.SUBMITTED,
                 job_group_id=sub.job_group_id,
@@ -433,7 +446,7 @@ class _Run:
         event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
         found = await self._lookup(item)
         if found is None:
-            self.write(
+            await self.write(
                 item,
                 event,
                 error="the server already has this execution id (304), but no job group "
@@ -448,7 +461,7 @@ class _Run:
                 )
             )
             return
-        self.write(
+        await self.write(
             item,
             event,
             job_group_id=found.id,
@@ -524,7 +537,7 @@ class _Run:
             if not self.summary.timed_out:
                 return  # interrupted: the submitted row already says it is running
         self.summary.timed_out = True
-        self.write(
+        await self.write(
             item,
             Event.TIMED_OUT,
             job_group_id=job_group_id,
@@ -545,7 +558,7 @@ class _Run:
             round(updated - created, 3) if created is not None and updated is not None else None
         )
         error = state.error if state.status != "Complete" else note
-        self.write(
+        await self.write(
             item,
             Event.FINISHED,
             job_group_id=state.id,
@@ -601,7 +614,7 @@ class _Run:
                 # not run a finished combination again.
                 await self._finish(item, state)
                 continue
-            self.write(
+            await self.write(
                 item,
                 Event.CANCELED,
                 job_group_id=job_group_id,
@@ -643,6 +656,7 @@ class _Run:
         finally:
             for task in (signals, deadline, producer, *workers, *self.pollers):
                 task.cancel()
+            await self.appender.drain()  # rows of cancelled tasks are still written
         self._tally()
         return self.summary
 
