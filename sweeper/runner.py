@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from sweeper.client import DataprepClient, JobGroupState, Submission
@@ -43,6 +42,7 @@ from sweeper.errors import (
     SweeperError,
 )
 from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state
+from sweeper.outputs import verify_outputs
 from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
 from sweeper.retry import (
     CircuitBreaker,
@@ -552,7 +552,9 @@ class _Run:
         self.open_groups.pop(item.combo.combo_id, None)
         outputs_ok, note = "", ""
         if state.status == "Complete" and self.config.run.verify_outputs:
-            outputs_ok, note = await self._verify_outputs(item, state)
+            outputs_ok, note = await verify_outputs(
+                self.client, state.id, item.output_paths, created_at=parse_ts(state.created_at)
+            )
         created, updated = parse_ts(state.created_at), parse_ts(state.updated_at)
         duration = (
             round(updated - created, 3) if created is not None and updated is not None else None
@@ -572,31 +574,6 @@ class _Run:
         self.emit(
             RunEvent("finished", f"{describe(item.combo)}: job group {state.id} {verdict}", item)
         )
-
-    async def _verify_outputs(
-        self, item: PlannedCombination, state: JobGroupState
-    ) -> tuple[str, str]:
-        """Second signal of success: every output the request asked for exists."""
-        expected = item.output_paths
-        if not expected:
-            return "unchecked", "no writeSettings in the request: outputs not checked"
-        listed: tuple[str, ...] | None = None
-        missing: list[str] = []
-        for path in expected:
-            if "://" not in path:
-                if not await asyncio.to_thread(Path(path).exists):
-                    missing.append(path)
-                continue
-            if listed is None:
-                try:
-                    listed = await self.client.get_outputs(state.id)
-                except ApiError:
-                    return "unchecked", "the platform did not list outputs: not checked"
-            if not any(p == path or p.endswith(path.split("://", 1)[1]) for p in listed):
-                missing.append(path)
-        if missing:
-            return "no", "outputs missing: " + ", ".join(missing)
-        return "yes", ""
 
     async def cancel_open_groups(self) -> None:
         for combo_id, (item, job_group_id) in list(self.open_groups.items()):

@@ -6,14 +6,17 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError
 from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
+from sweeper.outputs import verify_outputs
+from sweeper.plan import Planner
 from sweeper.retry import PollGate, poll_delays
-from sweeper.runner import parse_ts, utc_now
+from sweeper.runner import latest_as_of, parse_ts, utc_now
 
 OPEN_STATES = ("running", "timed out")  # submitted, not known to have ended
 
@@ -59,8 +62,11 @@ def find_config_for(
     return None
 
 
-def _finished_row(row: LedgerRow, state: JobGroupState) -> LedgerRow:
+def _finished_row(
+    row: LedgerRow, state: JobGroupState, outputs: tuple[str, str] = ("", "")
+) -> LedgerRow:
     created, updated = parse_ts(state.created_at), parse_ts(state.updated_at)
+    outputs_ok, note = outputs
     return LedgerRow(
         ts=utc_now(),
         sweep=row.sweep,
@@ -73,7 +79,8 @@ def _finished_row(row: LedgerRow, state: JobGroupState) -> LedgerRow:
         job_group_id=state.id,
         job_ids=tuple(j.id for j in state.jobs),
         status=state.status,
-        error=state.error if state.status != "Complete" else "",
+        error=state.error if state.status != "Complete" else note,
+        outputs_ok=outputs_ok,
         duration_s=round(updated - created, 3)
         if created is not None and updated is not None
         else None,
@@ -81,6 +88,15 @@ def _finished_row(row: LedgerRow, state: JobGroupState) -> LedgerRow:
         as_of=row.as_of,
         reason="refreshed by sweeper status",
     )
+
+
+def expected_outputs(
+    config: SweepConfig, history: Sequence[LedgerRow], run_id: str
+) -> dict[str, tuple[str, ...]]:
+    """The output paths each combination of a run asked for, rendered as the run rendered them."""
+    as_of = latest_as_of(history, run_id) or datetime.now(timezone.utc)
+    planner = Planner(config, history=[], run_id=run_id, as_of=as_of)
+    return {item.combo.combo_id: item.output_paths for item in planner}
 
 
 async def refresh(
@@ -105,6 +121,7 @@ async def refresh(
     gate = PollGate(config.run.max_polls_per_second)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
+    expected: dict[str, tuple[str, ...]] | None = None
     while True:
         state = current_state(ledger.history(), run_id=rid)
         pending = open_groups(list(state.values()))
@@ -120,7 +137,17 @@ async def refresh(
                 result.errors.append(f"job group {row.job_group_id}: {exc}")
                 continue
             if group.terminal:
-                ledger.append(_finished_row(row, group))
+                outputs = ("", "")
+                if group.status == "Complete" and config.run.verify_outputs:
+                    if expected is None:  # rendered once, and only when needed
+                        expected = expected_outputs(config, ledger.history(), rid)
+                    outputs = await verify_outputs(
+                        client,
+                        group.id,
+                        expected.get(row.combo_id, ()),
+                        created_at=parse_ts(group.created_at),
+                    )
+                ledger.append(_finished_row(row, group, outputs))
                 result.finished += 1
         result.rows = list(current_state(ledger.history(), run_id=rid).values())
         if on_change is not None:
