@@ -44,6 +44,7 @@ from sweeper.errors import (
 from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state
 from sweeper.outputs import verify_outputs
 from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
+from sweeper.polling import StatusPoller, aligned_delay
 from sweeper.retry import (
     CircuitBreaker,
     PollGate,
@@ -180,7 +181,7 @@ class _Run:
             config.retry.breaker_max_opens,
             on_open=self._on_breaker_open,
         )
-        self.poll_gate = PollGate(config.run.max_polls_per_second)
+        self.poller = StatusPoller(client, PollGate(config.run.max_polls_per_second))
         self.deadline = clock() + config.run.timeout
         self.summary = RunSummary(
             sweep=config.sweep.name,
@@ -507,8 +508,7 @@ class _Run:
 
     async def _get(self, job_group_id: int) -> JobGroupState:
         async def once() -> JobGroupState:
-            await self.poll_gate.acquire()
-            return await self.client.get_job_group(job_group_id)
+            return await self.poller.get(job_group_id)
 
         return await call_with_retry(once, self.policy, budget=self.budget, sleep=self._sleep)
 
@@ -521,7 +521,8 @@ class _Run:
                 remaining = self.deadline - self.clock()
                 if remaining <= 0:
                     break
-                await self._sleep(min(delay, remaining))
+                # Aligned to a shared grid, so groups come due together and share one listing.
+                await self._sleep(min(aligned_delay(delay, time.time()), remaining))
                 try:
                     state = await self._get(job_group_id)
                 except AuthError as exc:

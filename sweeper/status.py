@@ -15,6 +15,7 @@ from sweeper.errors import ApiError, AuthError
 from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.outputs import verify_outputs
 from sweeper.plan import Planner
+from sweeper.polling import StatusPoller
 from sweeper.retry import PollGate, poll_delays
 from sweeper.runner import latest_as_of, parse_ts, utc_now
 
@@ -118,24 +119,26 @@ async def refresh(
     history = ledger.history()
     rid = run_id or (history[-1].run_id if history else "")
     result = StatusResult(run_id=rid, rows=[])
-    gate = PollGate(config.run.max_polls_per_second)
+    poller = StatusPoller(client, PollGate(config.run.max_polls_per_second))
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
     expected: dict[str, tuple[str, ...]] | None = None
     while True:
         state = current_state(ledger.history(), run_id=rid)
         pending = open_groups(list(state.values()))
-        for row in pending:
-            assert row.job_group_id is not None
-            await gate.acquire()
-            result.refreshed += 1
-            try:
-                group = await client.get_job_group(row.job_group_id)
-            except AuthError:
-                raise
-            except ApiError as exc:
-                result.errors.append(f"job group {row.job_group_id}: {exc}")
+        answers = await asyncio.gather(
+            *(poller.get(row.job_group_id) for row in pending if row.job_group_id is not None),
+            return_exceptions=True,
+        )
+        result.refreshed += len(pending)
+        for row, group in zip(pending, answers, strict=True):
+            if isinstance(group, AuthError):
+                raise group
+            if isinstance(group, ApiError):
+                result.errors.append(f"job group {row.job_group_id}: {group}")
                 continue
+            if isinstance(group, BaseException):
+                raise group
             if group.terminal:
                 outputs = ("", "")
                 if group.status == "Complete" and config.run.verify_outputs:

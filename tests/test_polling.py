@@ -1,0 +1,162 @@
+"""Status polls: aligned to a shared grid, and batched into one listing where the API allows."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sweeper.client import DataprepClient
+from sweeper.config import load_config
+from sweeper.connect import connect
+from sweeper.emulator import EmulatorSettings, create_app
+from sweeper.ledger import Event, Ledger
+from sweeper.polling import StatusPoller, aligned_delay
+from sweeper.retry import PollGate
+from sweeper.runner import run_sweep
+from tests.conftest import FAST_RUN
+
+
+@given(
+    delay=st.floats(min_value=0.01, max_value=3600.0),
+    now=st.floats(min_value=0.0, max_value=2e9),
+)
+def test_aligned_delay_lands_on_the_grid_and_is_at_most_a_quarter_longer(
+    delay: float, now: float
+) -> None:
+    got = aligned_delay(delay, now)
+    grid = delay / 4
+    assert got >= delay - 1e-6
+    assert got <= delay + grid + 1e-6
+    ticks = (now + got) / grid
+    assert abs(ticks - round(ticks)) < 1e-6 * max(1.0, ticks)
+
+
+class Counting(httpx.AsyncBaseTransport):
+    """Counts requests per (method, path shape) on their way to the in-process emulator."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, *, list_status: int | None = None) -> None:
+        self.inner = inner
+        self.list_status = list_status  # answer the listing with this status instead
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        shape = re.sub(r"/\d+", "/{id}", request.url.path)
+        self.counts[f"{request.method} {shape}"] += 1
+        if self.list_status and request.method == "GET" and shape == "/v4/jobGroups":
+            body = {"exception": {"name": "RouteNotFoundException", "message": "no", "details": ""}}
+            return httpx.Response(self.list_status, json=body)
+        return await self.inner.handle_async_request(request)
+
+
+def _sweep(write_config: Any) -> Path:
+    return write_config(
+        """
+        [sweep]
+        name = "poll"
+        dataset = 33
+        [matrix]
+        Region = ["01", "02", "03", "04", "05", "06"]
+        varReferenceType = ["PROD", "TEST"]
+        """
+        + FAST_RUN
+    )
+
+
+def _run(path: Path, transport: Counting) -> Any:
+    config = load_config(path)
+
+    async def main() -> Any:
+        with Ledger.open(
+            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
+        ) as ledger:
+            async with connect(config, environ={}, transport=transport) as client:
+                return await run_sweep(
+                    config,
+                    client=client,
+                    ledger=ledger,
+                    run_id="r",
+                    as_of=datetime.now(timezone.utc),
+                ), ledger.history()
+
+    return asyncio.run(main())
+
+
+def test_groups_that_come_due_together_share_one_listing(write_config: Any, tmp_path: Path) -> None:
+    transport = Counting(
+        httpx.ASGITransport(app=create_app(EmulatorSettings(output_root=tmp_path)))
+    )
+    summary, rows = _run(_sweep(write_config), transport)
+    assert summary.succeeded == 12
+    assert sum(1 for r in rows if r.event is Event.FINISHED) == 12
+    listings = transport.counts["GET /v4/jobGroups"]
+    singles = transport.counts["GET /v4/jobGroups/{id}"]
+    assert listings >= 1
+    # Without batching every group needs at least one GET of its own to be seen ending.
+    assert singles < 12
+
+
+def test_without_a_listing_batching_turns_off_and_every_group_is_polled(
+    write_config: Any, tmp_path: Path
+) -> None:
+    inner = httpx.ASGITransport(app=create_app(EmulatorSettings(output_root=tmp_path)))
+    transport = Counting(inner, list_status=404)  # a Legacy/Standard edition: no listing
+    summary, _ = _run(_sweep(write_config), transport)
+    assert summary.succeeded == 12
+    assert transport.counts["GET /v4/jobGroups"] == 1  # tried once, then never again
+    assert transport.counts["GET /v4/jobGroups/{id}"] >= 12
+
+
+class Bearer(httpx.Auth):
+    def auth_flow(self, request: httpx.Request) -> Any:
+        request.headers["Authorization"] = "Bearer test-token"
+        yield request
+
+
+def _client(tmp_path: Path) -> DataprepClient:
+    app = create_app(EmulatorSettings(output_root=tmp_path))
+    return DataprepClient("http://emulator", transport=httpx.ASGITransport(app=app), auth=Bearer())
+
+
+def test_poller_answers_each_waiter_and_falls_back_for_groups_off_the_page(
+    tmp_path: Path,
+) -> None:
+    async def main() -> tuple[list[int], list[int], StatusPoller]:
+        async with _client(tmp_path) as client:
+            ids = []
+            for i in range(30):
+                sub = await client.create_job_group(
+                    {"wrangledDataset": {"id": 7}}, execution_id=f"x{i}"
+                )
+                assert sub.job_group_id is not None
+                ids.append(sub.job_group_id)
+            poller = StatusPoller(client, PollGate(1000.0))
+            # The oldest group is not on a 25-long newest-first page of a busy workspace.
+            asked = [ids[0], ids[-1], ids[-2]]
+            states = await asyncio.gather(*(poller.get(i) for i in asked))
+            return asked, [s.id for s in states], poller
+
+    asked, got, poller = asyncio.run(main())
+    assert got == asked
+    assert poller.listings == 1
+    assert poller.gets == 1  # only the group off the page needed its own GET
+
+
+def test_a_single_waiter_is_not_batched(tmp_path: Path) -> None:
+    async def main() -> StatusPoller:
+        async with _client(tmp_path) as client:
+            sub = await client.create_job_group({"wrangledDataset": {"id": 7}}, execution_id="1")
+            assert sub.job_group_id is not None
+            poller = StatusPoller(client, PollGate(1000.0))
+            assert (await poller.get(sub.job_group_id)).id == sub.job_group_id
+            return poller
+
+    poller = asyncio.run(main())
+    assert (poller.listings, poller.gets) == (0, 1)
