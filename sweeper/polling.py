@@ -73,8 +73,20 @@ class StatusPoller:
         return await self.client.get_job_group(job_group_id)
 
     async def _flush(self) -> None:
-        await asyncio.sleep(self.window)
-        waiting, self._waiting = self._waiting, {}
+        # Loop: asks that arrive while a batch is on the wire are answered by the next round.
+        while self._waiting:
+            await asyncio.sleep(self.window)
+            waiting, self._waiting = self._waiting, {}
+            try:
+                await self._answer(waiting)
+            except BaseException as exc:  # never leave a poller waiting for an answer
+                for futures in waiting.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(exc)
+                raise
+
+    async def _answer(self, waiting: dict[int, list[asyncio.Future[JobGroupState]]]) -> None:
         found: dict[int, JobGroupState] = {}
         if len(waiting) >= 2 and self.batching:
             found = await self._list(waiting)

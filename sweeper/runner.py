@@ -438,7 +438,11 @@ class _Run:
                 **common,
             )
             self.emit(
-                RunEvent("submitted", f"{describe(item.combo)}: job group {sub.job_group_id}", item)
+                RunEvent(
+                    "submitted",
+                    f"submitted {describe(item.combo)}: job group {sub.job_group_id}",
+                    item,
+                )
             )
             self._watch(item, sub.job_group_id)
             return
@@ -573,7 +577,9 @@ class _Run:
         )
         verdict = state.status + (f" (outputs: {outputs_ok})" if outputs_ok else "")
         self.emit(
-            RunEvent("finished", f"{describe(item.combo)}: job group {state.id} {verdict}", item)
+            RunEvent(
+                "finished", f"finished {describe(item.combo)}: job group {state.id} {verdict}", item
+            )
         )
 
     async def cancel_open_groups(self) -> None:

@@ -160,3 +160,37 @@ def test_a_single_waiter_is_not_batched(tmp_path: Path) -> None:
 
     poller = asyncio.run(main())
     assert (poller.listings, poller.gets) == (0, 1)
+
+
+def test_an_ask_arriving_while_a_batch_is_on_the_wire_is_answered(tmp_path: Path) -> None:
+    """The next round picks it up: no poller is ever left waiting (this once hung a run)."""
+
+    class Slow(httpx.AsyncBaseTransport):
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(0.2)  # every request takes a while on the wire
+            return await self.inner.handle_async_request(request)
+
+    app = create_app(EmulatorSettings(output_root=tmp_path))
+    transport = Slow(httpx.ASGITransport(app=app))
+
+    async def main() -> tuple[list[int], list[int]]:
+        async with DataprepClient("http://e", transport=transport, auth=Bearer()) as client:
+            ids = []
+            for i in range(3):
+                sub = await client.create_job_group(
+                    {"wrangledDataset": {"id": 7}}, execution_id=f"w{i}"
+                )
+                assert sub.job_group_id is not None
+                ids.append(sub.job_group_id)
+            poller = StatusPoller(client, PollGate(1000.0), window=0.01)
+            first = [asyncio.ensure_future(poller.get(i)) for i in ids[:2]]
+            await asyncio.sleep(0.1)  # the first batch has left its window and is on the wire
+            late = asyncio.ensure_future(poller.get(ids[2]))
+            states = await asyncio.wait_for(asyncio.gather(*first, late), timeout=10)
+            return ids, [s.id for s in states]
+
+    ids, got = asyncio.run(main())
+    assert got == ids
