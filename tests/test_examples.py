@@ -31,7 +31,7 @@ def test_example_plans(project: Path, name: str) -> None:
     assert plan["actions"]["submit"] == plan["total"]
 
 
-@pytest.mark.parametrize("name", ["rows.toml", "glob.toml", "backfill.toml"])
+@pytest.mark.parametrize("name", ["regions.toml", "rows.toml", "glob.toml", "backfill.toml"])
 def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None:
     # The backfill has 31 days: a canary of 5 keeps the test under the 25/min pacing window.
     limit = ["--limit", "5"] if name == "backfill.toml" else []
