@@ -29,9 +29,7 @@ class PlanDigest:
 
     def __init__(self, *, keep_all: bool = False) -> None:
         self.keep_all = keep_all
-        self.axes: dict[str, collections.Counter[str]] = collections.defaultdict(
-            collections.Counter
-        )
+        self._pairs: collections.Counter[tuple[str, str]] = collections.Counter()
         self.first: list[PlannedCombination] = []
         self.last: collections.deque[PlannedCombination] = collections.deque(
             maxlen=SHOWN_AT_EACH_END
@@ -40,9 +38,16 @@ class PlanDigest:
         self.notable_count = 0
         self.items: list[PlannedCombination] = []
 
+    @property
+    def axes(self) -> dict[str, dict[str, int]]:
+        """Per parameter, how many combinations send each value."""
+        out: dict[str, dict[str, int]] = {}
+        for (key, value), n in self._pairs.items():
+            out.setdefault(key, {})[value] = n
+        return out
+
     def add(self, item: PlannedCombination) -> None:
-        for key, value in item.combo.params.items():
-            self.axes[key][value] += 1
+        self._pairs.update(item.combo.params.items())
         if self.keep_all:
             self.items.append(item)
         if len(self.first) < SHOWN_AT_EACH_END:
@@ -64,9 +69,10 @@ def _line(item: PlannedCombination) -> str:
 def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
     out = [plan_message(counts, planner.config.sweep.name, planner.run_id)]
     out.append(f"as of {planner.as_of.isoformat()}; ledger {planner.config.sweep.ledger}")
-    if digest.axes:
+    axes = digest.axes
+    if axes:
         out.append("values per parameter:")
-        for key, values in digest.axes.items():
+        for key, values in axes.items():
             shown = ", ".join(f"{v} ({n})" for v, n in list(values.items())[:8])
             more = f", ... {len(values) - 8} more" if len(values) > 8 else ""
             out.append(f"  {key}: {len(values)} values: {shown}{more}")
@@ -112,13 +118,17 @@ def plan_json(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> dict[
         "as_of": planner.as_of.isoformat(),
         "total": counts.total,
         "actions": counts.by_action,
-        "axes": {k: dict(v) for k, v in digest.axes.items()},
+        "axes": digest.axes,
         "combinations": [_item_json(i) for i in digest.items],
     }
 
 
 class PlanCsv:
-    """The whole plan, one row per combination, streamed to a CSV file as it is checked."""
+    """The whole plan, one row per combination, streamed to a CSV file as it is checked.
+
+    Each row has the decision and its reason, the identities, the parameter values and the
+    output paths; the full request bodies are in ``sweeper plan --json``.
+    """
 
     def __init__(self, path: Path, param_names: Iterable[str]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,11 +136,19 @@ class PlanCsv:
         self._fh = path.open("w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh, lineterminator="\n")
         self._writer.writerow(
-            ["combo_id", "action", "reason", "generation", "execution_id", *self.names, "body"]
+            [
+                "combo_id",
+                "action",
+                "reason",
+                "generation",
+                "execution_id",
+                *self.names,
+                "output_paths",
+            ]
         )
 
     def add(self, item: PlannedCombination) -> None:
-        params = [item.combo.params.get(n, "") for n in self.names]
+        params = item.combo.params
         self._writer.writerow(
             [
                 item.combo.combo_id,
@@ -138,8 +156,8 @@ class PlanCsv:
                 item.reason,
                 item.generation,
                 item.execution_id,
-                *params,
-                canonical_json(item.body),
+                *[params.get(n, "") for n in self.names],
+                " ".join(item.output_paths),
             ]
         )
 

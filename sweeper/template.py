@@ -172,10 +172,14 @@ def _compile(value: Any, key: str) -> Renderer:
     if isinstance(value, str):
         if "{" not in value and "}" not in value:
             return lambda combo, run_id: value
-        _fields(value, key)  # malformed templates fail here, before any combination
+        pieces = _fields(value, key)  # malformed templates fail here, before any combination
+        path = _is_path(key)
 
         def render_text(combo: Combination, run_id: str) -> str:
-            return render_string(value, combo, run_id, key=key)
+            return "".join(
+                literal + (_render_field(name, spec, combo, run_id, key, path) if name else "")
+                for literal, name, spec in pieces
+            )
 
         return render_text
     if isinstance(value, Mapping):
