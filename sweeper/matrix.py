@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import csv
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -897,14 +898,14 @@ def count_combinations(spec: MatrixSpec, *, as_of: datetime) -> int:
 
 
 def _product(factors: Sequence[Factor], as_of: datetime) -> Iterator[Row]:
-    """Like itertools.product, but re-iterates factors instead of materialising them."""
-    if not factors:
-        yield ()
-        return
-    head, rest = factors[0], factors[1:]
-    for row in head.rows(as_of):
-        for tail in _product(rest, as_of):
-            yield row + tail
+    """The product of the factors' rows, each combined row flattened into cells.
+
+    Each factor's rows are held once (memory grows with the sum of the factor sizes, which is
+    small); the product itself, which multiplies them, is streamed.
+    """
+    pools = [tuple(f.rows(as_of)) for f in factors]
+    for parts in itertools.product(*pools):
+        yield tuple(itertools.chain.from_iterable(parts))
 
 
 def _matches(params: Mapping[str, str], constraints: Mapping[str, str]) -> bool:

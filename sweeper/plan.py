@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,7 +41,7 @@ class PlannedCombination:
     body: Mapping[str, Any]
     last: LedgerRow | None = None
 
-    @property
+    @functools.cached_property
     def output_paths(self) -> tuple[str, ...]:
         return tuple(output_paths(self.body))
 
