@@ -10,8 +10,9 @@ submission path, ledger fsyncs included) and a bare single httpx.AsyncClient for
 Throughput is measured by the server's oracle, first to last creation, so process start-up
 is not counted.
 
-Two servers: the emulator (uvicorn + Starlette + SQLite, a few ms of CPU per POST, so it caps
-near 130 POSTs/s on a 2-core machine, below the bound for c >= 16), and benchmarks/stub_server.py
+Two servers: the emulator (uvicorn + Starlette + SQLite, a few ms of CPU per POST on the cores
+the client uses too: 130 to 200 POSTs/s on a 2-core machine, below the c = 32 bound and at times
+the c = 16 one; see docs/performance.md), and benchmarks/stub_server.py
 (a bare asyncio server answering after the same 100 ms) which leaves the client as the bound.
 """
 

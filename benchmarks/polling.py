@@ -13,7 +13,9 @@ Two figures per job length:
   Every duration on both sides shrinks by the same factor, so the sequence of (sleep, GET)
   steps is the same as at full scale; only the few ms each GET takes in real time grow
   relative to the sleeps (they make a poll happen later in emulated time, so this can only
-  *lower* the count slightly). GETs are counted by a transport wrapper, per job group.
+  *lower* the count slightly). GETs are counted by a transport wrapper, per job group; since
+  polls that come due together are batched into one `GET /v4/jobGroups` listing (c7769bd),
+  listings are counted per run too, and "status requests/group" is (GETs + listings) / groups.
 Target (issue 7): <= 20 GETs for a one-hour job.
 """
 
@@ -35,15 +37,17 @@ import results
 
 LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
-GROUP_PATH = re.compile(r"/v4/jobGroups/(\d+)")
+GROUP_PATH = re.compile(r"/v4/jobGroups/(\d+)/?$")  # one group's status, not its /outputs
+LISTING_PATH = re.compile(r"/v4/jobGroups/?$")  # the listing batched polls use (c7769bd)
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
-    """Counts GETs per job group id on their way to the real transport."""
+    """Counts status GETs per job group id, and listings, on their way to the real transport."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.gets: Counter[int] = Counter()
+        self.listings = 0  # GET /v4/jobGroups: one request answering for every group it lists
         self.posts = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -52,6 +56,8 @@ class CountingTransport(httpx.AsyncBaseTransport):
         match = GROUP_PATH.search(request.url.path)
         if request.method == "GET" and match:
             self.gets[int(match.group(1))] += 1
+        elif request.method == "GET" and LISTING_PATH.search(request.url.path):
+            self.listings += 1
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:
@@ -74,7 +80,7 @@ def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, in
     return count(None, 0.0), statistics.mean(samples), max(samples)
 
 
-async def _measure(config_path: Path, groups: int) -> list[int]:
+async def _measure(config_path: Path, groups: int) -> tuple[list[int], int]:
     from sweeper.config import load_config
     from sweeper.connect import connect
     from sweeper.ledger import Ledger
@@ -98,11 +104,11 @@ async def _measure(config_path: Path, groups: int) -> list[int]:
     if summary.exit_code != 0:
         print(f"warning: the sweep ended with exit code {summary.exit_code}")
     counts = list(counting.gets.values())
-    return counts + [0] * (groups - len(counts))
+    return counts + [0] * (groups - len(counts)), counting.listings
 
 
-def measure(seconds: float, real_seconds: float, groups: int, seed: int) -> list[int]:
-    """GETs per group for ``groups`` jobs of ``seconds``, emulated in ~``real_seconds``."""
+def measure(seconds: float, real_seconds: float, groups: int, seed: int) -> tuple[list[int], int]:
+    """(GETs per group, listings) for ``groups`` jobs of ``seconds``, in ~``real_seconds``."""
     from sweeper.config import RunSettings
 
     k = max(1.0, seconds / real_seconds)
@@ -136,7 +142,9 @@ HEADERS = (
     "computed, no jitter",
     "computed mean (max)",
     "measured GETs/group (median)",
-    "runs (per-group counts)",
+    "listings/run (median)",
+    "status requests/group (median)",
+    "runs (per-group GETs + listings)",
     "target",
 )
 
@@ -159,8 +167,10 @@ def main() -> None:
     for label, seconds in LENGTHS.items():
         plain, mean, worst = computed(seconds, defaults.poll_interval, defaults.poll_max_interval)
         runs = [measure(seconds, real, groups, seed) for seed in range(repeat)]
-        flat = [c for run in runs for c in run]
-        print(f"{label}: computed {plain} ({mean:.1f} mean), measured {runs}")
+        flat = [c for gets, _ in runs for c in gets]
+        # A listing answers for every group it lists: its cost is shared by the groups of the run.
+        per_group = [(sum(gets) + listings) / groups for gets, listings in runs]
+        print(f"{label}: computed {plain} ({mean:.1f} mean), measured (GETs, listings) {runs}")
         rows.append(
             [
                 label,
@@ -168,12 +178,14 @@ def main() -> None:
                 plain,
                 f"{mean:.1f} ({worst})",
                 median(flat),
-                "; ".join(",".join(str(c) for c in run) for run in runs),
+                median([listings for _, listings in runs]),
+                f"{median(per_group):.3g}",
+                "; ".join(f"{','.join(str(c) for c in g)} + {n}" for g, n in runs),
                 "<= 20" if seconds == 3600.0 else "-",
             ]
         )
     title = (
-        f"Polling: GETs per job group (poll_interval {defaults.poll_interval:g} s, "
+        f"Polling: status requests per job group (poll_interval {defaults.poll_interval:g} s, "
         f"poll_max_interval {defaults.poll_max_interval:g} s, factor 1.5, jitter 10%)"
     )
     results.report(title, info, results.table(HEADERS, rows), record=not args.no_record)

@@ -2,12 +2,13 @@
 
     python benchmarks/stub_server.py --latency 0.1
 
-The real emulator (uvicorn + Starlette + SQLite) spends a few ms of CPU on every POST, which
-caps it near 130 POSTs/s on the 2-core benchmark machine: below the Little's-law bound of
-c = 16 and 32 at 100 ms. This stub answers from a bare asyncio protocol (hand-parsed HTTP/1.1,
-keep-alive) after ``--latency`` seconds, so the client side is what is measured. It keeps the
-oracle routes the benchmarks read (``/_emulator/jobGroups``, ``/_emulator/stats``,
-``/_emulator/reset``) and answers 304 to a repeated x-execution-id, like the emulator.
+The real emulator (uvicorn + Starlette + SQLite) spends a few ms of CPU on every POST, which caps it
+at 130 to 200 POSTs/s on the 2-core benchmark machine (depending on load): below the Little's-law
+bound of c = 32 at 100 ms, and at times of c = 16. This stub answers from a bare asyncio protocol
+(hand-parsed HTTP/1.1, keep-alive) after ``--latency`` seconds, so the client side is what is
+measured. It keeps the oracle routes the benchmarks read (``/_emulator/jobGroups``,
+``/_emulator/stats``, ``/_emulator/reset``) and answers 304 to a repeated x-execution-id, like the
+emulator.
 """
 
 from __future__ import annotations
