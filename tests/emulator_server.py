@@ -77,3 +77,24 @@ def asgi_client(app: object, token: str | None = "test-token") -> httpx.AsyncCli
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
     return httpx.AsyncClient(transport=transport, base_url="http://emulator", headers=headers)
+
+
+# The seed document's request body with overrides and run parameters (api.md §3.6).
+SEED_OVERRIDES_AND_PARAMETERS = {
+    "wrangledDataset": {"id": 33},
+    "overrides": {
+        "execution": "photon",
+        "profiler": False,
+        "writesettings": [
+            {
+                "path": "gs://bucket/out/run_02.csv",
+                "action": "create",
+                "format": "csv",
+                "compression": "none",
+                "header": True,
+                "asSingleFile": True,
+            }
+        ],
+    },
+    "runParameters": {"overrides": {"data": [{"key": "Region", "value": "02"}]}},
+}

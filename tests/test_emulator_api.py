@@ -15,28 +15,15 @@ import pytest
 from sweeper.emulator import EmulatorSettings, create_app
 
 try:  # the helper lives next to the tests; importable both as tests.x and as x
-    from tests.emulator_server import FakeClock, asgi_client
+    from tests.emulator_server import SEED_OVERRIDES_AND_PARAMETERS, FakeClock, asgi_client
 except ImportError:  # pragma: no cover
-    from emulator_server import FakeClock, asgi_client  # type: ignore[no-redef]
+    from emulator_server import (  # type: ignore[no-redef]
+        SEED_OVERRIDES_AND_PARAMETERS,
+        FakeClock,
+        asgi_client,
+    )
 
-SEED_33 = {
-    "wrangledDataset": {"id": 33},
-    "overrides": {
-        "execution": "photon",
-        "profiler": False,
-        "writesettings": [
-            {
-                "path": "gs://bucket/out/run_02.csv",
-                "action": "create",
-                "format": "csv",
-                "compression": "none",
-                "header": True,
-                "asSingleFile": True,
-            }
-        ],
-    },
-    "runParameters": {"overrides": {"data": [{"key": "Region", "value": "02"}]}},
-}
+SEED_33 = SEED_OVERRIDES_AND_PARAMETERS  # api.md §3.6, the sweeper shape
 
 
 def run_with(

@@ -13,30 +13,17 @@ import pytest
 from sweeper.emulator import EmulatorSettings, FaultSettings
 
 try:
-    from tests.emulator_server import FakeClock, running_emulator
+    from tests.emulator_server import SEED_OVERRIDES_AND_PARAMETERS, FakeClock, running_emulator
 except ImportError:  # pragma: no cover
-    from emulator_server import FakeClock, running_emulator  # type: ignore[no-redef]
+    from emulator_server import (  # type: ignore[no-redef]
+        SEED_OVERRIDES_AND_PARAMETERS,
+        FakeClock,
+        running_emulator,
+    )
 
 AUTH = {"Authorization": "Bearer t0ken"}
 MINIMAL = {"wrangledDataset": {"id": 7}}
-OVERRIDES_AND_PARAMETERS = {
-    "wrangledDataset": {"id": 33},
-    "overrides": {
-        "execution": "photon",
-        "profiler": False,
-        "writesettings": [
-            {
-                "path": "gs://bucket/out/run_02.csv",
-                "action": "create",
-                "format": "csv",
-                "compression": "none",
-                "header": True,
-                "asSingleFile": True,
-            }
-        ],
-    },
-    "runParameters": {"overrides": {"data": [{"key": "varRegion", "value": "02"}]}},
-}
+OVERRIDES_AND_PARAMETERS = SEED_OVERRIDES_AND_PARAMETERS
 WRITESETTINGS_SPELLING = {
     "wrangledDataset": {"id": 33},
     "overrides": {

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sweeper.config import load_config
-from sweeper.connect import connect
-from sweeper.ledger import Event, Ledger, read_ledger
+from sweeper.ledger import Event, read_ledger
 from sweeper.outputs import _fresh_local, written_by
-from sweeper.status import refresh
 from tests.test_report_sweeps import Emulator, run, write_sweep
+from tests.test_status import _refresh
 
 
 @pytest.mark.parametrize(
@@ -57,16 +54,7 @@ def test_status_checks_outputs_of_groups_that_end_after_a_no_wait_run(project: P
     assert run(config_path, emulator, "night-1", wait=False).summary.exit_code == 0
     emulator.offset += 3600.0  # every group has ended by now
     config = load_config(config_path)
-
-    async def status() -> Any:
-        client = connect(config, environ={}, transport=emulator.transport())
-        with Ledger.open(
-            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-        ) as ledger:
-            async with client:
-                return await refresh(config, client=client, ledger=ledger)
-
-    result = asyncio.run(status())
+    result = _refresh(emulator, config_path)
     assert result.finished == 8
     finished = [r for r in read_ledger(config.sweep.ledger) if r.event is Event.FINISHED]
     assert {r.status for r in finished} == {"Complete"}
