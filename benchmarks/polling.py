@@ -82,7 +82,7 @@ def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, in
 
 async def _measure(config_path: Path, groups: int) -> tuple[list[int], int]:
     from sweeper.config import load_config
-    from sweeper.connect import connect
+    from sweeper.connection import connect
     from sweeper.ledger import Ledger
     from sweeper.runner import run_sweep
 

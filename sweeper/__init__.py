@@ -16,7 +16,7 @@ _EXPORTS = {
     "expand_matrix": "sweeper.matrix",
     "count_combinations": "sweeper.matrix",
     "Combination": "sweeper.matrix",
-    "connect": "sweeper.connect",
+    "connect": "sweeper.connection",
     "DataprepClient": "sweeper.client",
     "Ledger": "sweeper.ledger",
     "read_ledger": "sweeper.ledger",

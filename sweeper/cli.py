@@ -204,7 +204,7 @@ def run(
     from sweeper import render
     from sweeper.auth import secrets
     from sweeper.config import load_config
-    from sweeper.connect import connect
+    from sweeper.connection import connect
     from sweeper.ledger import Ledger
     from sweeper.redact import install_redaction
     from sweeper.runner import Interrupt, latest_as_of, run_sweep
@@ -393,7 +393,7 @@ def status(
     _setup_logging(verbose, quiet)
     from sweeper import render
     from sweeper.config import load_config
-    from sweeper.connect import connect
+    from sweeper.connection import connect
     from sweeper.ledger import Ledger, current_state, read_ledger
     from sweeper.status import StatusResult, refresh
 

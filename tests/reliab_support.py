@@ -231,7 +231,7 @@ def run_library(
     from datetime import datetime, timezone
 
     from sweeper.config import load_config
-    from sweeper.connect import connect
+    from sweeper.connection import connect
     from sweeper.ledger import Ledger
     from sweeper.runner import RunEvent, run_sweep
 

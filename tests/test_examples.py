@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None
 
 def test_public_api_names_resolve() -> None:
     for name in sweeper.__all__:
-        assert getattr(sweeper, name) is not None, name
+        value = getattr(sweeper, name)
+        # A public name must not be shadowed by a submodule of the same name.
+        assert value is not None and not isinstance(value, types.ModuleType), name
     with pytest.raises(AttributeError):
         _ = sweeper.no_such_thing  # type: ignore[attr-defined]

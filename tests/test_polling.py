@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sweeper.client import DataprepClient
 from sweeper.config import load_config
-from sweeper.connect import connect
+from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.ledger import Event, Ledger
 from sweeper.polling import StatusPoller, aligned_delay

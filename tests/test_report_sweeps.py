@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from sweeper.config import SweepConfig, load_config
-from sweeper.connect import connect
+from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger, read_ledger

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from sweeper.cli import cli
 from sweeper.config import load_config
-from sweeper.connect import connect
+from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger, read_ledger
