@@ -41,7 +41,7 @@ from sweeper.errors import (
     RunAbortedError,
     SweeperError,
 )
-from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state
+from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.outputs import verify_outputs
 from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
 from sweeper.polling import StatusPoller, aligned_delay
@@ -689,23 +689,22 @@ class _Run:
             s.aborted = str(self.abort)
 
 
+# The run summary's buckets, from the ledger's per-combination states (ledger.STATES).
+SUMMARY_BUCKET = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "rejected": "failed",
+    "canceled": "failed",
+    "running": "running",
+    "timed out": "running",
+    "in doubt": "in_doubt",
+    "not sent": "not_sent",
+}
+
+
 def classify(row: LedgerRow | None) -> str:
     """succeeded, failed, in_doubt, running, not_sent or pending: a combination's last row."""
-    if row is None:
-        return "pending"
-    event = row.event
-    if event is Event.FINISHED:
-        ok = row.status == "Complete" and row.outputs_ok != "no"
-        return "succeeded" if ok else "failed"
-    if event in (Event.REJECTED, Event.CANCELED):
-        return "failed"
-    if event in (Event.INTENT, Event.IN_DOUBT):
-        return "in_doubt"
-    if event in (Event.DUPLICATE, Event.RECONCILED) and row.job_group_id is None:
-        return "in_doubt" if event is Event.DUPLICATE else "not_sent"
-    if event is Event.NOT_SENT:
-        return "not_sent"
-    return "running"  # submitted, duplicate/reconciled with an id, timed_out
+    return "pending" if row is None else SUMMARY_BUCKET[state_of(row)]
 
 
 async def run_sweep(

@@ -243,3 +243,12 @@ def test_cli_says_paused_on_stderr_and_exits_1_when_the_storm_does_not_pass(
     assert result.exit_code == 1, result.output + result.stderr
     assert "PAUSED" in result.stderr
     assert "circuit breaker" in result.output and "resume" in result.output
+
+
+def test_every_ledger_state_has_a_summary_bucket() -> None:
+    """The run summary and `sweeper status`/`report` classify rows with one vocabulary."""
+    from sweeper.ledger import STATES
+    from sweeper.runner import SUMMARY_BUCKET, classify
+
+    assert set(SUMMARY_BUCKET) == set(STATES)
+    assert classify(None) == "pending"
