@@ -246,7 +246,17 @@ def run(
                         on_event=progress.event,
                     )
 
-        summary = asyncio.run(main())
+        try:
+            summary = asyncio.run(main())
+        except KeyboardInterrupt:
+            # A signal that lands outside the run's own handlers (before they are installed or
+            # after the loop closed): every row written so far is on disk.
+            progress.close()
+            click.echo(
+                "Interrupted. The ledger is consistent: run the same command again to resume.",
+                err=True,
+            )
+            sys.exit(1)
         progress.close()
     if as_json:
         click.echo(json.dumps(summary.as_dict(), indent=2))

@@ -130,3 +130,19 @@ def test_importing_the_cli_does_not_import_pandas() -> None:
     code = "import sys, sweeper.cli; print('pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False"
+
+
+def test_an_interrupt_outside_the_run_loop_exits_1_with_a_resume_hint(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    def interrupted(coro: object) -> None:
+        coro.close()  # type: ignore[attr-defined]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(asyncio, "run", interrupted)
+    result = CliRunner().invoke(cli, ["run", "configs/regions.toml"])
+    assert result.exit_code == 1
+    assert "run the same command again to resume" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
