@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger, read_ledger
 from sweeper.report import Report, build_report, render, report_dict, write_html
-from sweeper.runner import RunEvent, RunSummary, run_sweep
+from sweeper.runner import RunEvent, RunSummary
+from tests.reliab_support import run_library
 
 # 4 Regions x 2 types = 8 combinations; fast lifecycle, polling and pacing.
 NIGHTLY = """
@@ -166,27 +167,10 @@ def run(
     wait: bool | None = None,
 ) -> Sweep:
     """One real sweep through the library, on the emulator, into the config's ledger."""
-    config = load_config(config_path)
-    events: list[RunEvent] = []
-
-    async def main() -> RunSummary:
-        client = connect(config, environ={}, transport=emulator.transport())
-        with Ledger.open(
-            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-        ) as ledger:
-            async with client:
-                return await run_sweep(
-                    config,
-                    client=client,
-                    ledger=ledger,
-                    run_id=run_id,
-                    as_of=datetime.now(timezone.utc),
-                    rerun=rerun,
-                    wait=wait,
-                    on_event=events.append,
-                )
-
-    return Sweep(asyncio.run(main()), events)
+    summary, events = run_library(
+        config_path, emulator.transport(), run_id=run_id, rerun=rerun, wait=wait
+    )
+    return Sweep(summary, events)
 
 
 # --- what the emulator says happened -------------------------------------------------------
