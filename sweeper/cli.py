@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -42,6 +41,13 @@ def _exit_codes() -> Iterator[None]:
         sys.exit(2)
     except SweeperError as exc:
         click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        # Every ledger row written so far is on disk (fsynced), so stopping here is safe.
+        click.echo(
+            "Interrupted. The ledger is consistent: run the same command again to resume.",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -208,8 +214,10 @@ def run(
     from sweeper.ledger import Ledger
     from sweeper.redact import install_redaction
     from sweeper.runner import Interrupt, latest_as_of, run_sweep
+    from sweeper.signals import SignalRelay
 
-    with _exit_codes():
+    # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
+    with _exit_codes(), SignalRelay() as relay:
         config = load_config(config_path)
         rid = run_id or _today()
         client = connect(config)
@@ -218,13 +226,14 @@ def run(
 
         async def main() -> Any:
             interrupt = Interrupt(cancel_on_interrupt=cancel_on_interrupt)
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, interrupt.signal)
-            with Ledger.open(
-                config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-            ) as ledger:
+            with (
+                relay.attached(interrupt.signal),
+                Ledger.open(
+                    config.sweep.ledger,
+                    sweep=config.sweep.name,
+                    param_names=config.matrix.param_names,
+                ) as ledger,
+            ):
                 resolved = (
                     latest_as_of(ledger.history(), rid)
                     or _parse_as_of(as_of)
@@ -248,21 +257,13 @@ def run(
 
         try:
             summary = asyncio.run(main())
-        except KeyboardInterrupt:
-            # A signal that lands outside the run's own handlers (before they are installed or
-            # after the loop closed): every row written so far is on disk.
+        finally:
             progress.close()
-            click.echo(
-                "Interrupted. The ledger is consistent: run the same command again to resume.",
-                err=True,
-            )
-            sys.exit(1)
-        progress.close()
-    if as_json:
-        click.echo(json.dumps(summary.as_dict(), indent=2))
-    else:
-        click.echo(render.summary_text(summary))
-    sys.exit(summary.exit_code)
+        if as_json:
+            click.echo(json.dumps(summary.as_dict(), indent=2))
+        else:
+            click.echo(render.summary_text(summary))
+        sys.exit(summary.exit_code)
 
 
 @cli.command()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -14,12 +16,14 @@ from sweeper.emulator import EmulatorSettings, FaultSettings
 from tests.emulator_server import running_emulator
 from tests.reliab_support import created_groups, last_rows, ledger_rows, sweeper_argv, write_sweep
 
+POST_SECONDS = 1.5
 MATRIX = 'Region = ["01", "02", "03", "04"]\nvarReferenceType = ["PROD", "TEST"]'
 
 
 def _settings(tmp_path: Path) -> EmulatorSettings:
-    # Jobs that never end during the test, and POSTs that take a while (so one is in flight).
-    faults = FaultSettings(slow_factor=10_000.0, latency={"post": (0.6, 0.6)})
+    # Jobs that never end during the test, and POSTs slow enough that one is surely still in
+    # flight when a second signal follows the first.
+    faults = FaultSettings(slow_factor=10_000.0, latency={"post": (POST_SECONDS, POST_SECONDS)})
     return EmulatorSettings(faults=faults, output_root=tmp_path / "emu", quota_user_per_min=0)
 
 
@@ -35,6 +39,26 @@ def _submitted(ledger: Path) -> int:
     if not ledger.exists():
         return 0
     return sum(1 for r in ledger_rows(ledger) if r["event"] == "submitted")
+
+
+class _Lines:
+    """Collect a pipe's lines on a thread, so the test can wait for one while the process runs."""
+
+    def __init__(self, pipe: IO[str] | None) -> None:
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str] | None) -> None:
+        for line in pipe or ():
+            self._lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self._lines)
+
+    def join(self) -> str:
+        self._thread.join(timeout=30)
+        return self.text()
 
 
 @pytest.mark.parametrize(
@@ -69,16 +93,22 @@ def test_signal_stops_submitting_records_in_flight_and_exits_resumable(
             stderr=subprocess.PIPE,
             text=True,
         )
+        stderr = _Lines(proc.stderr)
         try:
             _wait_for(lambda: _submitted(ledger) >= 2)
-            for sig in signals:
+            proc.send_signal(signals[0])
+            for sig in signals[1:]:
+                # Only once the run has taken the first signal (and a POST is still in flight),
+                # so the test does not depend on how fast a loaded machine delivers it.
+                _wait_for(lambda: "Interrupted" in stderr.text())
                 proc.send_signal(sig)
-                time.sleep(0.15)
-            out, err = proc.communicate(timeout=30)
+            out = proc.stdout.read() if proc.stdout else ""
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        err = stderr.join()
         groups = {g["id"]: g for g in created_groups(url)}
 
     assert proc.returncode == 1, out + err
