@@ -13,7 +13,6 @@ the client keeps ``ceil(max_connections / 8)`` underlying clients and round-robi
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import math
@@ -42,7 +41,10 @@ log = logging.getLogger("sweeper.client")
 
 JOB_GROUPS = "v4/jobGroups"
 TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
-REQUESTS_PER_SHARD = 8  # above ~10 in flight one httpx client falls behind Little's law
+# One connection per httpx client. A client's pool scans every connection it holds (and asks each
+# idle socket whether it is readable) on every request and every response, so its CPU per request
+# grows with its size (encode/httpx#3215); one-connection pools keep that scan to one entry.
+REQUESTS_PER_SHARD = 1
 RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped (reliability-perf §2.1)
 _DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
 _JOB_ERROR_CHARS = 500
@@ -391,9 +393,11 @@ class DataprepClient:
     """Async client for POST/GET /v4/jobGroups; an async context manager.
 
     ``max_connections`` is the most requests the caller will have in flight at once; the client
-    spreads them over ``ceil(max_connections / 8)`` httpx clients (one when ``transport`` is
-    given: the embedded emulator and tests bring their own). ``timeout`` applies to connect, read
-    and write; waiting for a pooled connection is not timed, since the caller bounds concurrency.
+    gives each its own httpx client (shard) with one pooled connection, and sends every request
+    through the shard with the fewest in flight, so an idle connection is reused whenever there
+    is one. With ``transport`` (the embedded emulator, tests) there is one client. ``timeout``
+    applies to connect, read and write; waiting for a pooled connection is not timed, since the
+    caller bounds concurrency.
     """
 
     def __init__(
@@ -421,6 +425,7 @@ class DataprepClient:
             # Loading the CA bundle costs ~50 ms per context: build it once for every shard.
             verify = httpx.create_ssl_context()
         self.base_url = str(base_url).rstrip("/") + "/"
+        self._path_prefix = httpx.URL(self.base_url).path.rstrip("/") + "/"
         self._clients = [
             httpx.AsyncClient(
                 base_url=self.base_url,
@@ -434,15 +439,22 @@ class DataprepClient:
             )
             for _ in range(shards)
         ]
-        self._next = itertools.cycle(range(shards))
+        self._in_flight = [0] * shards
 
     @property
     def shards(self) -> int:
         return len(self._clients)
 
-    def _pick(self) -> httpx.AsyncClient:
-        """The next shard, round-robin."""
-        return self._clients[next(self._next)]
+    @contextlib.contextmanager
+    def _checkout(self) -> Iterator[httpx.AsyncClient]:
+        """The shard with the fewest requests in flight, held for one request."""
+        in_flight = self._in_flight
+        index = in_flight.index(min(in_flight))
+        in_flight[index] += 1
+        try:
+            yield self._clients[index]
+        finally:
+            in_flight[index] -= 1
 
     async def __aenter__(self) -> DataprepClient:
         return self
@@ -469,13 +481,12 @@ class DataprepClient:
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
         """One request; returns a 2xx/304 response or raises the matching ApiError."""
-        client = self._pick()
-        url_path = client.base_url.path.rstrip("/") + "/" + path  # for messages: no query, no host
+        url_path = self._path_prefix + path  # for messages: no query, no host
         send_headers = dict(headers or {})
         if body is not None:
             send_headers["Content-Type"] = "application/json"
         try:
-            with _translate(method, url_path):
+            with self._checkout() as client, _translate(method, url_path):
                 response = await client.request(
                     method,
                     path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -464,15 +465,20 @@ def test_find_job_group_respects_max_pages() -> None:
     assert len(lister.calls) == 3
 
 
-def test_sharding_round_robins_over_several_clients() -> None:
+def test_each_request_goes_to_the_least_busy_shard() -> None:
     async def go() -> None:
-        async with DataprepClient("http://127.0.0.1:9", max_connections=20) as client:
+        async with DataprepClient("http://127.0.0.1:9", max_connections=3) as client:
             assert client.shards == 3
-            picks = [id(client._pick()) for _ in range(6)]
-            assert len(set(picks)) == 3
-            assert picks[:3] == picks[3:]
-        async with DataprepClient("http://127.0.0.1:9", max_connections=4) as client:
-            assert client.shards == 1
+            with client._checkout() as first, client._checkout() as second:
+                with client._checkout() as third:
+                    assert len({id(first), id(second), id(third)}) == 3
+                    with client._checkout() as fourth:  # more in flight than shards: share one
+                        assert id(fourth) in {id(first), id(second), id(third)}
+                # The third shard is idle again: it is the one handed out, not a busy one.
+                with client._checkout() as again:
+                    assert again is third
+            with client._checkout() as idle:
+                assert idle is first  # idle connections are reused from the first shard on
         transport = httpx.MockTransport(lambda r: httpx.Response(200))
         async with DataprepClient(
             "http://x.invalid", transport=transport, max_connections=50
@@ -480,6 +486,21 @@ def test_sharding_round_robins_over_several_clients() -> None:
             assert client.shards == 1
 
     run(go())
+
+
+def test_a_failed_request_gives_its_shard_back() -> None:
+    async def go() -> list[int]:
+        # Nothing listens on a fresh loopback port: every connect is refused.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        async with DataprepClient(f"http://127.0.0.1:{port}", max_connections=3) as client:
+            for _ in range(4):
+                with pytest.raises(ApiConnectionError):
+                    await client.get_status(1)
+            return list(client._in_flight)
+
+    assert run(go()) == [0, 0, 0]
 
 
 def test_concurrent_requests_through_shards_all_succeed() -> None:
