@@ -919,12 +919,19 @@ def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterato
     matched = [False] * len(spec.include)
     for f in spec.factors:
         f.size(as_of)  # raises zip-length errors before the first combination
+    # The product lists the axes in parameter order (unless a factor reorders them), so only a
+    # combination that an include extends needs putting back into spec.param_names order.
+    in_order = tuple(names) == spec.axis_names
     if spec.factors:
         for row in _product(spec.factors, as_of):
-            params = {n: cell[1] for n, cell in zip(names, row, strict=True)}
-            if any(_matches(params, e) for e in spec.exclude):
+            params: dict[str, str] = {}
+            values: dict[str, object] = {}
+            for name, (value, text) in zip(names, row, strict=True):
+                params[name] = text
+                values[name] = value
+            if spec.exclude and any(_matches(params, e) for e in spec.exclude):
                 continue
-            values: dict[str, object] = {n: cell[0] for n, cell in zip(names, row, strict=True)}
+            extended = False
             for i, entry in enumerate(spec.include):
                 if _matches(params, constraints[i]):
                     matched[i] = True
@@ -932,7 +939,11 @@ def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterato
                         if k not in spec.axis_names:  # original values are never overwritten
                             params[k] = v
                             values[k] = entry.values[k]
-            yield _combination(spec, dataset, params, values)
+                            extended = True
+            if in_order and not extended:
+                yield _frozen(dataset, params, values)
+            else:
+                yield _combination(spec, dataset, params, values)
     for i, entry in enumerate(spec.include):
         if not matched[i]:
             yield _combination(spec, dataset, dict(entry.params), dict(entry.values))
@@ -943,8 +954,13 @@ def _combination(
 ) -> Combination:
     ordered = {n: params[n] for n in spec.param_names if n in params}
     typed = {n: values[n] for n in ordered}
+    return _frozen(dataset, ordered, typed)
+
+
+def _frozen(dataset: int, params: dict[str, str], values: dict[str, object]) -> Combination:
+    """A Combination of dicts already in parameter order, which nothing else holds."""
     return Combination(
-        MappingProxyType(ordered), MappingProxyType(typed), _combo_id(dataset, ordered)
+        MappingProxyType(params), MappingProxyType(values), _combo_id(dataset, params)
     )
 
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import difflib
 import enum
-import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import execution_id
 from sweeper.ledger import Event, LedgerRow, current_state
 from sweeper.matrix import Combination, count_combinations, expand_matrix, parse_only, select
-from sweeper.template import output_paths, render_request
+from sweeper.template import RequestTemplate
 
 RERUN_POLICIES = ("incomplete", "failed", "all")
 
@@ -31,19 +30,21 @@ class Action(str, enum.Enum):
     SKIP = "skip"  # nothing to do (succeeded, or failed and not asked to rerun)
 
 
-@dataclass(frozen=True)
-class PlannedCombination:
+class PlannedCombination(NamedTuple):
+    """One combination's decision for a run, with its request body (immutable).
+
+    A NamedTuple rather than a frozen dataclass: a plan builds one per combination, and a frozen
+    dataclass's ``__init__`` (an ``object.__setattr__`` per field) costs about three times more.
+    """
+
     combo: Combination
     action: Action
     reason: str
     generation: int
     execution_id: str
     body: Mapping[str, Any]
+    output_paths: tuple[str, ...]  # the body's writesettings paths (collision checks, outputs)
     last: LedgerRow | None = None
-
-    @functools.cached_property
-    def output_paths(self) -> tuple[str, ...]:
-        return tuple(output_paths(self.body))
 
     @property
     def job_group_id(self) -> int | None:
@@ -145,23 +146,30 @@ class Planner:
         combos = expand_matrix(
             self.config.matrix, dataset=self.config.sweep.dataset, as_of=self.as_of
         )
+        if not self.only and self.limit is None:
+            return combos  # nothing to select: spare every combination a generator hop
         return select(combos, self.only, self.limit)
 
     def __iter__(self) -> Iterator[PlannedCombination]:
         cfg = self.config
+        try:
+            request = RequestTemplate(cfg.sweep.dataset, cfg.overrides)
+        except MatrixError as exc:
+            if exc.path:
+                raise
+            raise self._in_sweep_file(exc) from None
         for combo in self.combinations():
             try:
-                body = render_request(cfg.sweep.dataset, cfg.overrides, combo, self.run_id)
+                body, paths = request.render(combo, self.run_id)
             except MatrixError as exc:
                 if exc.path:
                     raise
-                # Name the sweep file, so the message says where to fix it.
-                raise MatrixError(exc.message, path=str(cfg.path), key=exc.key) from None
+                raise self._in_sweep_file(exc) from None
             last = self.state.get(combo.combo_id)
             action, reason, gen, xid = _decide(
                 last, self.rerun, cfg.sweep.name, self.run_id, combo.combo_id
             )
-            yield PlannedCombination(combo, action, reason, gen, xid, body, last)
+            yield PlannedCombination(combo, action, reason, gen, xid, body, paths, last)
 
     def check(
         self,
@@ -218,6 +226,10 @@ class Planner:
             if on_item is not None:
                 on_item(item)
         return counts
+
+    def _in_sweep_file(self, exc: MatrixError) -> MatrixError:
+        """A template error naming the sweep file, so the message says where to fix it."""
+        return MatrixError(exc.message, path=str(self.config.path), key=exc.key)
 
     def _check_include_keys(self) -> None:
         """Refuse an include key that is not an axis but is spelled almost like one (a typo).

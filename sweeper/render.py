@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import csv
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ from sweeper.status import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
 REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
+_QUOTABLE = re.compile('["\r\n]')  # with a comma, what makes csv.writer quote a field
 
 
 class PlanDigest:
@@ -149,17 +151,23 @@ class PlanCsv:
 
     def add(self, item: PlannedCombination) -> None:
         params = item.combo.params
-        self._writer.writerow(
-            [
-                item.combo.combo_id,
-                item.action.value,
-                item.reason,
-                item.generation,
-                item.execution_id,
-                *[params.get(n, "") for n in self.names],
-                " ".join(item.output_paths),
-            ]
-        )
+        row = [
+            item.combo.combo_id,
+            item.action.value,
+            item.reason,
+            str(item.generation),
+            item.execution_id,
+            *[params.get(n, "") for n in self.names],
+            " ".join(item.output_paths),
+        ]
+        line = ",".join(row)
+        # csv.writer leaves a field as it is unless it holds a comma, a quote or a line break.
+        # Rows without any are written directly: writerow costs more than the rest of this row's
+        # planning together. One comma too many means some field holds one.
+        if line.count(",") == len(row) - 1 and _QUOTABLE.search(line) is None:
+            self._fh.write(line + "\n")
+        else:
+            self._writer.writerow(row)
 
     def close(self) -> None:
         self._fh.close()

@@ -122,12 +122,7 @@ def _render_field(
     elif name in combo.params:
         value, text = combo.values.get(name, combo.params[name]), combo.params[name]
     else:
-        raise MatrixError(
-            f"The placeholder {{{name}}} has no value in combination {combo.combo_id} "
-            f"({_describe_combo(combo)}): an include added a combination without it. Add "
-            f"{name} to that include, or drop the placeholder.",
-            key=key,
-        )
+        raise _missing_value(name, combo, key)
     templated_date = spec is not None and isinstance(value, (date, time))
     if spec is not None:
         try:
@@ -140,13 +135,28 @@ def _render_field(
     if path and not templated_date:
         reason = _unsafe(text)
         if reason:
-            raise MatrixError(
-                f"The value {text!r} of {{{name}}} {reason}, so the output path would leave its "
-                f"directory; combination {combo.combo_id} ({_describe_combo(combo)}). Change the "
-                "value, or put it in a part of the path that is not templated.",
-                key=key,
-            )
+            raise _unsafe_component(text, name, reason, combo, key)
     return text
+
+
+def _missing_value(name: str, combo: Combination, key: str) -> MatrixError:
+    return MatrixError(
+        f"The placeholder {{{name}}} has no value in combination {combo.combo_id} "
+        f"({_describe_combo(combo)}): an include added a combination without it. Add "
+        f"{name} to that include, or drop the placeholder.",
+        key=key,
+    )
+
+
+def _unsafe_component(
+    text: str, name: str, reason: str, combo: Combination, key: str
+) -> MatrixError:
+    return MatrixError(
+        f"The value {text!r} of {{{name}}} {reason}, so the output path would leave its "
+        f"directory; combination {combo.combo_id} ({_describe_combo(combo)}). Change the "
+        "value, or put it in a part of the path that is not templated.",
+        key=key,
+    )
 
 
 def _describe_combo(combo: Combination) -> str:
@@ -165,30 +175,84 @@ def render_string(text: str, combo: Combination, run_id: str, *, key: str = "ove
 
 
 Renderer = Callable[[Combination, str], Any]
+FieldRenderer = Callable[[Combination, str], str]
+
+
+def _compile_field(name: str, spec: str | None, key: str, path: bool) -> FieldRenderer:
+    """One placeholder, specialised once so that rendering it does not re-decide what it is.
+
+    Formatted placeholders (``{day:%Y/%m}``) and the built-ins keep the general renderer; a plain
+    parameter, the common case, reads its text directly. Values in an output path are still
+    checked, every time.
+    """
+    if spec is not None or name in BUILTIN_FIELDS:
+        return lambda combo, run_id: _render_field(name, spec, combo, run_id, key, path)
+
+    def param(combo: Combination, run_id: str) -> str:
+        try:
+            text = combo.params[name]
+        except KeyError:
+            raise _missing_value(name, combo, key) from None
+        if path:
+            reason = _unsafe(text)
+            if reason:
+                raise _unsafe_component(text, name, reason, combo, key)
+        return text
+
+    return param
+
+
+def _compile_text(text: str, key: str) -> Renderer:
+    """A template string -> a function rendering it; malformed templates fail here, once."""
+    path = _is_path(key)
+    head = ""  # the literal text before the first placeholder
+    steps: list[tuple[FieldRenderer, str]] = []  # each placeholder and the literal text after it
+    for literal, name, spec in _fields(text, key):
+        if steps:
+            steps[-1] = (steps[-1][0], steps[-1][1] + literal)
+        else:
+            head += literal
+        if name:
+            steps.append((_compile_field(name, spec, key, path), ""))
+
+    def render_text(combo: Combination, run_id: str) -> str:
+        out = [head]
+        for field, literal in steps:
+            out.append(field(combo, run_id))
+            out.append(literal)
+        return "".join(out)
+
+    return render_text
+
+
+def _constant(value: Any) -> bool:
+    """Whether rendering returns ``value`` itself: a scalar, or a string without placeholders."""
+    if isinstance(value, str):
+        return "{" not in value and "}" not in value
+    return not isinstance(value, (Mapping, list, tuple))
 
 
 def _compile(value: Any, key: str) -> Renderer:
     """A function (combination, run_id) -> rendered value, doing the template parsing once."""
-    if isinstance(value, str):
-        if "{" not in value and "}" not in value:
-            return lambda combo, run_id: value
-        pieces = _fields(value, key)  # malformed templates fail here, before any combination
-        path = _is_path(key)
-
-        def render_text(combo: Combination, run_id: str) -> str:
-            return "".join(
-                literal + (_render_field(name, spec, combo, run_id, key, path) if name else "")
-                for literal, name, spec in pieces
-            )
-
-        return render_text
+    if isinstance(value, str) and not _constant(value):
+        return _compile_text(value, key)
     if isinstance(value, Mapping):
-        parts = [(k, _compile(v, f"{key}.{k}")) for k, v in value.items()]
-        return lambda combo, run_id: {k: part(combo, run_id) for k, part in parts}
+        # A copy of the table, with the entries that vary rendered into their places (a fresh
+        # dict per body, in the template's key order).
+        skeleton = dict(value)
+        parts = [(k, _compile(v, f"{key}.{k}")) for k, v in value.items() if not _constant(v)]
+
+        def render_table(combo: Combination, run_id: str) -> dict[str, Any]:
+            out = skeleton.copy()
+            for k, part in parts:
+                out[k] = part(combo, run_id)
+            return out
+
+        return render_table
     if isinstance(value, (list, tuple)):
         items = [_compile(v, f"{key}[{i}]") for i, v in enumerate(value)]
         return lambda combo, run_id: [item(combo, run_id) for item in items]
-    return lambda combo, run_id: value
+    return lambda combo, run_id: value  # a scalar, or a string without placeholders
 
 
 _compiled: dict[int, tuple[Mapping[str, Any], Renderer]] = {}
@@ -208,13 +272,55 @@ def render_request(
     dataset: int, overrides: Mapping[str, Any], combo: Combination, run_id: str
 ) -> dict[str, Any]:
     """The exact ``POST /v4/jobGroups`` body for one combination (plain dicts and lists)."""
+    rendered = _renderer(overrides)(combo, run_id) if overrides else None
+    return _body(dataset, rendered, combo)
+
+
+def _body(dataset: int, overrides: dict[str, Any] | None, combo: Combination) -> dict[str, Any]:
     body: dict[str, Any] = {"wrangledDataset": {"id": dataset}}
-    if overrides:
-        body["overrides"] = _renderer(overrides)(combo, run_id)
+    if overrides is not None:
+        body["overrides"] = overrides
     if combo.params:
         data = [{"key": k, "value": v} for k, v in combo.params.items()]
         body["runParameters"] = {"overrides": {"data": data}}
     return body
+
+
+class RequestTemplate:
+    """One sweep's request template, compiled once: each combination's body and output paths.
+
+    The planner renders every combination through this. The template fixes where the output
+    paths are in every body, so they are read from there rather than searched for.
+    """
+
+    def __init__(self, dataset: int, overrides: Mapping[str, Any]) -> None:
+        self.dataset = dataset
+        self._render = _compile(overrides, "overrides") if overrides else None
+        self._path_slots = _path_slots(overrides)
+
+    def render(self, combo: Combination, run_id: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """The exact body for one combination (as ``render_request``) and its output paths."""
+        if self._render is None:
+            return _body(self.dataset, None, combo), ()
+        overrides = self._render(combo, run_id)
+        paths = tuple([overrides[spelling][i]["path"] for spelling, i in self._path_slots])
+        return _body(self.dataset, overrides, combo), paths
+
+
+def _path_slots(overrides: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """``(spelling, index)`` of each write setting whose path ``output_paths`` would return.
+
+    Rendering keeps a template's shape (strings stay strings, lists stay lists), so these are
+    the same places in every rendered body.
+    """
+    slots: list[tuple[str, int]] = []
+    for spelling in WRITE_SETTINGS_KEYS:
+        entries = overrides.get(spelling)
+        if isinstance(entries, (list, tuple)):
+            for i, entry in enumerate(entries):
+                if isinstance(entry, Mapping) and isinstance(entry.get("path"), str):
+                    slots.append((spelling, i))
+    return tuple(slots)
 
 
 def output_paths(body: Mapping[str, Any]) -> list[str]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from sweeper.errors import MatrixError
 from sweeper.matrix import Combination, MatrixSpec, expand_matrix, parse_matrix
 from sweeper.template import (
+    RequestTemplate,
     check_template,
     find_collisions,
     output_paths,
@@ -182,3 +183,41 @@ def test_collision_from_a_path_that_omits_a_parameter() -> None:
 def test_placeholders_lists_names_in_order() -> None:
     template = {"execution": "{b}", "writesettings": [{"path": "{a}/{b}/{{c}}"}]}
     assert list(placeholders(template)) == ["b", "a"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"execution": "photon", "profiler": True},
+        overrides_with_path("out/{Region}/{day:%Y/%m}.csv"),
+        {
+            "writeSettings": [
+                {"path": "a/{Region}.csv", "action": "create"},
+                {"action": "append"},  # no path: not an output path
+                "not a table",
+            ],
+            "writesettings": [{"path": "fixed.csv"}],
+            "nested": {"deep": ["{Region}", {"k": "{run_id}"}], "n": 3},
+        },
+    ],
+    ids=["none", "no-paths", "one-path", "both-spellings"],
+)
+def test_request_template_renders_what_render_request_does(overrides: dict[str, Any]) -> None:
+    """The planner's compiled template gives the same body, and the paths output_paths finds."""
+    template = RequestTemplate(33, overrides)
+    text = 'Region = ["01", "02"]\nday = { start = 2024-01-30, end = 2024-02-01 }'
+    for combo in combos(text):
+        body, paths = template.render(combo, "r1")
+        assert body == render_request(33, overrides, combo, "r1")
+        assert paths == tuple(output_paths(body))
+        again, _ = template.render(combo, "r1")
+        assert again is not body and again == body  # a fresh body each time: nothing shared
+
+
+def test_request_template_still_checks_every_path_value() -> None:
+    template = RequestTemplate(33, overrides_with_path("out/{Region}.csv"))
+    good, bad = combos('Region = ["ok", "../up"]')
+    assert template.render(good, "r")[1] == ("out/ok.csv",)
+    with pytest.raises(MatrixError, match="path separator"):
+        template.render(bad, "r")
