@@ -137,6 +137,9 @@ class PlanCsv:
         self.names = list(param_names)
         self._fh = path.open("w", newline="", encoding="utf-8")
         self._writer = csv.writer(self._fh, lineterminator="\n")
+        # csv.writer does not quote a lone "\r" when the line ends in "\n", and readers split
+        # on it; rows holding one have every field quoted instead.
+        self._quote_all = csv.writer(self._fh, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self._writer.writerow(
             [
                 "combo_id",
@@ -166,6 +169,8 @@ class PlanCsv:
         # planning together. One comma too many means some field holds one.
         if line.count(",") == len(row) - 1 and _QUOTABLE.search(line) is None:
             self._fh.write(line + "\n")
+        elif "\r" in line:
+            self._quote_all.writerow(row)
         else:
             self._writer.writerow(row)
 
