@@ -217,7 +217,7 @@ def run(
     from sweeper.signals import SignalRelay
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
-    with _exit_codes(), SignalRelay() as relay:
+    with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
         config = load_config(config_path)
         rid = run_id or _today()
         client = connect(config)
@@ -634,6 +634,13 @@ def emulator_serve(
         serve(settings, host=host, port=port, on_ready=ready)
 
 
+# True when the CLI is the process (console script, python -m sweeper), not a test or a caller
+# invoking `cli`: then signal handlers need not be handed back before the interpreter exits.
+_whole_process = False
+
+
 def main() -> None:
     """Console-script entry point."""
+    global _whole_process
+    _whole_process = True
     cli(prog_name="sweeper")

@@ -9,6 +9,11 @@ code (-2, -15) that no cron wrapper expects. The relay owns both signals from st
 - while the run is attached, it is forwarded to the run's loop, thread-safely;
 - after the run has returned, it is counted and ignored: the ledger is already consistent and
   the exit code is already decided.
+
+When the command is the whole process (``restore=False``), both signals are ignored from the
+end of the block on: the interpreter's shutdown puts Python-level handlers back to the default
+action, which would turn the decided exit code into "killed by signal", but it keeps SIG_IGN.
+Embedded uses (tests, a library caller) get their handlers back.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class SignalRelay:
-    """Install handlers for SIGINT and SIGTERM; restore the previous ones on exit."""
+    """Install handlers for SIGINT and SIGTERM; on exit, restore the previous ones (or ignore
+    both, with ``restore=False``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, restore: bool = True) -> None:
+        self.restore = restore
         self._target: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
         self._finished = False
         self._previous: dict[int, Any] = {}
@@ -46,8 +53,10 @@ class SignalRelay:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._target = None
+        self._finished = True
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            signal.signal(sig, previous if self.restore else signal.SIG_IGN)
         self._previous.clear()
 
     @contextlib.contextmanager

@@ -50,3 +50,19 @@ def test_previous_handlers_come_back() -> None:
     with SignalRelay():
         assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_without_restore_signals_stay_harmless_after_the_block() -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    relay = SignalRelay(restore=False)
+    try:
+        with relay:
+            pass
+        # The process would now be shutting down: signals are ignored at the OS level, which
+        # the interpreter's shutdown keeps (it resets only Python-level handlers).
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGTERM)  # would end this test run if it were not ignored
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)

@@ -16,7 +16,7 @@ from sweeper.emulator import EmulatorSettings, FaultSettings
 from tests.emulator_server import running_emulator
 from tests.reliab_support import created_groups, last_rows, ledger_rows, sweeper_argv, write_sweep
 
-POST_SECONDS = 1.5
+POST_SECONDS = 3.0
 MATRIX = 'Region = ["01", "02", "03", "04"]\nvarReferenceType = ["PROD", "TEST"]'
 
 
