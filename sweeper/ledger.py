@@ -536,47 +536,78 @@ class Ledger:
 
 
 class AsyncAppender:
-    """Appends rows for many asyncio tasks: fsync off the event loop, one fsync per batch.
+    """Group commit for many asyncio tasks: the rows of one pass of the event loop, one fsync.
 
-    ``await append(row)`` returns only once the row is on disk, so a caller that writes an
-    ``intent`` row and then sends its POST keeps the write-ahead rule. Rows that arrive while a
-    batch is being written share the next fsync, so concurrent submissions do not queue behind
-    one fsync each, and the event loop keeps serving responses meanwhile.
+    Rows handed in during one pass of the event loop are written and fsynced together, in call
+    order, at the start of the next pass. ``await append(row)`` returns only once the row is on
+    disk, so a caller that writes an ``intent`` row and then sends its POST keeps the write-ahead
+    rule; ``append_soon(row)`` does not wait (for rows nothing has to wait for: the same task's
+    next ``append`` is committed after it, so it is on disk before that task's next request).
+
+    The commit runs on the event loop, not in a thread: one write and one fsync per pass cost
+    ~0.2 ms here, while handing each batch to a thread cost ~1 ms of CPU per combination in
+    GIL hand-offs and several passes of latency per row (docs/performance.md). A failed commit
+    is raised to every waiting caller and by every later ``append`` or ``drain``: rows after a
+    failed write are never appended behind it.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
-        self._queue: list[tuple[LedgerRow, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._rows: list[LedgerRow] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled: asyncio.Handle | None = None
+        self._error: BaseException | None = None
+
+    def append_soon(self, row: LedgerRow) -> None:
+        """Queue a row for the next commit without waiting for it."""
+        self._check()
+        self._rows.append(row)
+        if self._scheduled is None:
+            self._scheduled = asyncio.get_running_loop().call_soon(self._commit)
 
     async def append(self, row: LedgerRow) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((row, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        # Shielded: a caller cancelled while waiting must not take its row out of the batch.
-        await asyncio.shield(future)
+        """Queue a row and return once it is on disk (shared fsync with the pass's other rows)."""
+        self.append_soon(row)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        # A caller cancelled while waiting cancels only its waiter: the row stays in the batch.
+        await waiter
+
+    def append_now(self, row: LedgerRow) -> None:
+        """Write the queued rows and this one, in order, before returning (for sync callbacks)."""
+        self._check()
+        self._rows.append(row)
+        self._commit()
+        self._check()
 
     async def drain(self) -> None:
-        """Wait until every row handed to `append` so far has been written (or has failed)."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.wait([self._flusher])
+        """Write every queued row now; raise if any commit of this appender failed."""
+        self._commit()
+        self._check()
 
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _commit(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+        rows, self._rows = self._rows, []
+        waiters, self._waiters = self._waiters, []
+        error: BaseException | None = None
+        if rows:
             try:
-                await asyncio.to_thread(self._ledger.append_many, [row for row, _ in batch])
-            except BaseException as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
+                self._ledger.append_many(rows)
+            except Exception as exc:
+                error = self._error = exc
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if error is None:
+                waiter.set_result(None)
             else:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
+                waiter.set_exception(error)
 
 
 def _quarantine(path: Path, torn: bytes) -> TornTail:

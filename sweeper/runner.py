@@ -215,10 +215,21 @@ class _Run:
         await self.appender.append(row)
         return row
 
+    def write_soon(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+        """Queue a row for the next group commit without waiting for it.
+
+        For rows no request depends on (``submitted``): the same worker's next ``intent`` is
+        committed after it, so it is on disk before that worker's next POST leaves, and a crash
+        before then leaves the ``intent`` as the last row, which a resume reconciles.
+        """
+        row = self._row(item, event, **fields)
+        self.appender.append_soon(row)
+        return row
+
     def write_now(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
         """Append a row synchronously, for callbacks that cannot await (retry hooks)."""
         row = self._row(item, event, **fields)
-        self.ledger.append(row)
+        self.appender.append_now(row)
         return row
 
     def _row(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
@@ -428,7 +439,7 @@ class _Run:
         common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
         if sub.status_code == 201 and sub.job_group_id is not None:
             self.summary.submitted += 1
-            await self.write(
+            self.write_soon(
                 item,
                 Event.SUBMITTED,
                 job_group_id=sub.job_group_id,

@@ -479,3 +479,104 @@ def test_async_appender_group_commits_and_keeps_order(
     assert seen == [1] * 50  # every awaited append was durable when it returned
     assert 1 <= len(calls) < 50  # group commit: fewer fsyncs than rows
     assert [r.combo_id for r in read_ledger(tmp_path / "l.csv")] == [r.combo_id for r in rows]
+
+
+def test_append_soon_rows_are_committed_with_the_next_awaited_row(tmp_path: Path) -> None:
+    """A row nobody waits for is on disk, in call order, once a later awaited append returns."""
+    import asyncio
+
+    from sweeper.ledger import AsyncAppender
+
+    ledger = open_ledger(tmp_path / "l.csv")
+
+    async def main() -> list[str]:
+        appender = AsyncAppender(ledger)
+        appender.append_soon(make_row("c1"))
+        appender.append_soon(make_row("c2"))
+        await appender.append(make_row("c3"))
+        return [r.combo_id for r in read_ledger(tmp_path / "l.csv")]
+
+    assert asyncio.run(main()) == ["c1", "c2", "c3"]
+    ledger.close()
+
+
+def test_append_now_writes_queued_rows_first(tmp_path: Path) -> None:
+    import asyncio
+
+    from sweeper.ledger import AsyncAppender
+
+    ledger = open_ledger(tmp_path / "l.csv")
+
+    async def main() -> list[str]:
+        appender = AsyncAppender(ledger)
+        appender.append_soon(make_row("queued"))
+        appender.append_now(make_row("now"))  # synchronous: on disk when it returns
+        return [r.combo_id for r in read_ledger(tmp_path / "l.csv")]
+
+    assert asyncio.run(main()) == ["queued", "now"]
+    ledger.close()
+
+
+def test_a_cancelled_caller_still_gets_its_row_written(tmp_path: Path) -> None:
+    import asyncio
+
+    from sweeper.ledger import AsyncAppender
+
+    ledger = open_ledger(tmp_path / "l.csv")
+
+    async def main() -> None:
+        appender = AsyncAppender(ledger)
+        task = asyncio.create_task(appender.append(make_row("c1")))
+        await asyncio.sleep(0)  # the row is queued, its commit not yet run
+        task.cancel()
+        await appender.append(make_row("c2"))
+        assert task.cancelled()
+
+    asyncio.run(main())
+    assert [r.combo_id for r in read_ledger(tmp_path / "l.csv")] == ["c1", "c2"]
+    ledger.close()
+
+
+def test_a_failed_commit_is_raised_to_waiters_and_by_every_later_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are never appended behind a write that failed (disk full, I/O error)."""
+    import asyncio
+    import errno
+
+    from sweeper.ledger import AsyncAppender
+
+    ledger = open_ledger(tmp_path / "l.csv")
+    real = ledger.append_many
+    failures = iter([OSError(errno.ENOSPC, "No space left on device")])
+
+    def flaky(rows: list[LedgerRow]) -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        real(rows)
+
+    monkeypatch.setattr(ledger, "append_many", flaky)
+
+    async def main() -> list[str]:
+        appender = AsyncAppender(ledger)
+        appender.append_soon(make_row("lost"))  # nobody waits for it...
+        with pytest.raises(OSError, match="No space"):
+            await appender.append(make_row("waiting"))  # ...but its batch's waiter hears of it
+        outcomes = []
+        for attempt in (
+            lambda: appender.append_soon(make_row("after")),
+            lambda: appender.append_now(make_row("after")),
+        ):
+            with pytest.raises(OSError, match="No space"):
+                attempt()
+            outcomes.append("refused")
+        with pytest.raises(OSError, match="No space"):
+            await appender.append(make_row("after"))
+        with pytest.raises(OSError, match="No space"):
+            await appender.drain()
+        return outcomes
+
+    assert asyncio.run(main()) == ["refused", "refused"]
+    assert read_ledger(tmp_path / "l.csv") == []  # nothing written after the failed batch
+    ledger.close()

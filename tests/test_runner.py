@@ -54,6 +54,29 @@ def test_intent_row_is_on_disk_before_every_post(project: Path) -> None:
     assert stats["created"] == 6 and stats["duplicate_creations_by_params"] == 0
 
 
+def test_each_submitted_row_is_on_disk_before_the_next_post(project: Path) -> None:
+    """The runner does not wait for `submitted`, yet with one worker it precedes the next POST."""
+    app = emulator_app(project / "emu")
+    asgi = httpx.ASGITransport(app=app)
+    ledger = project / "results" / "s.csv"
+    created: list[str] = []  # execution ids answered 201, in order
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/v4/jobGroups":
+            submitted = {r.execution_id for r in read_ledger(ledger) if r.event is Event.SUBMITTED}
+            assert set(created) <= submitted, "a submitted row was not on disk before the POST"
+        response = await asgi.handle_async_request(request)
+        if request.method == "POST" and response.status_code == 201:
+            created.append(request.headers["x-execution-id"])
+        return response
+
+    config = _sweep(project, run={"concurrency": 1})
+    summary, _ = run_library(config, httpx.MockTransport(handler), wait=False)
+    assert summary.exit_code == 0 and len(created) == 6
+    rows = read_ledger(ledger)
+    assert Counter(r.event for r in rows) == {Event.INTENT: 6, Event.SUBMITTED: 6}
+
+
 def test_refused_token_costs_exactly_one_post_and_leaves_a_resumable_ledger(
     project: Path,
 ) -> None:
