@@ -6,8 +6,10 @@ answer is translated, in ``_translate`` and ``_raise_for_status``, into a
 (reliability-perf §1.2). The client never retries; ``sweeper.retry.call_with_retry`` does, by
 failure class.
 
-Throughput: one ``httpx.AsyncClient`` degrades above ~10 requests in flight (encode/httpx#3215), so
-the client keeps ``ceil(max_connections / 8)`` underlying clients and round-robins requests.
+Throughput: httpx's default transport costs ~1.7 ms of CPU per request and one pool of it degrades
+above ~10 requests in flight (encode/httpx#3215), so direct connections go through
+``sweeper.transport.LeanTransport``; behind a proxy from the environment httpx's own transport is
+kept, since only it speaks to proxies.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import ssl
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,15 +38,12 @@ from sweeper.errors import (
 )
 from sweeper.redact import redact
 from sweeper.retry import parse_retry_after
+from sweeper.transport import LeanTransport
 
 log = logging.getLogger("sweeper.client")
 
 JOB_GROUPS = "v4/jobGroups"
 TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
-# One connection per httpx client. A client's pool scans every connection it holds (and asks each
-# idle socket whether it is readable) on every request and every response, so its CPU per request
-# grows with its size (encode/httpx#3215); one-connection pools keep that scan to one entry.
-REQUESTS_PER_SHARD = 1
 RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped (reliability-perf §2.1)
 _DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
 _JOB_ERROR_CHARS = 500
@@ -195,6 +194,13 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
     raise ApiRejectedError(
         f"{what} The server refused the request; sending it again will not help.", **meta
     )
+
+
+def _proxied(base_url: str) -> bool:
+    """A proxy for this URL's scheme is set in the environment (httpx's transport honours it)."""
+    proxies = urllib.request.getproxies_environment()
+    scheme = httpx.URL(base_url).scheme
+    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 def _describe(exc: Exception) -> str:
@@ -392,12 +398,12 @@ def _matches(
 class DataprepClient:
     """Async client for POST/GET /v4/jobGroups; an async context manager.
 
-    ``max_connections`` is the most requests the caller will have in flight at once; the client
-    gives each its own httpx client (shard) with one pooled connection, and sends every request
-    through the shard with the fewest in flight, so an idle connection is reused whenever there
-    is one. With ``transport`` (the embedded emulator, tests) there is one client. ``timeout``
-    applies to connect, read and write; waiting for a pooled connection is not timed, since the
-    caller bounds concurrency.
+    ``max_connections`` is the most requests the caller will have in flight at once (and the most
+    idle connections kept). Without ``transport``, direct connections go through
+    ``LeanTransport`` and proxied ones (a proxy set in the environment) through httpx's own;
+    ``transport`` replaces both (the embedded emulator, tests). ``timeout`` applies to connect,
+    read and write; waiting for a pooled connection is not timed, since the caller bounds
+    concurrency.
     """
 
     def __init__(
@@ -410,51 +416,27 @@ class DataprepClient:
         verify: ssl.SSLContext | bool = True,
         max_connections: int = 10,
     ) -> None:
-        # A custom transport (embedded emulator, tests) has its own concurrency: one client.
-        shards = (
-            1 if transport is not None else max(1, math.ceil(max_connections / REQUESTS_PER_SHARD))
-        )
-        # Each shard may hold every in-flight request, so round-robin skew never hits the pool
-        # limit (PoolTimeout); callers bound concurrency with their own semaphore.
-        limits = httpx.Limits(
-            max_connections=max(1, max_connections),
-            max_keepalive_connections=max(1, math.ceil(max_connections / shards)),
-            keepalive_expiry=5.0,
-        )
-        if verify is True and shards > 1:
-            # Loading the CA bundle costs ~50 ms per context: build it once for every shard.
-            verify = httpx.create_ssl_context()
         self.base_url = str(base_url).rstrip("/") + "/"
         self._path_prefix = httpx.URL(self.base_url).path.rstrip("/") + "/"
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=self.base_url,
-                auth=auth,
-                transport=transport,
-                timeout=httpx.Timeout(timeout, pool=None),
-                verify=verify,
-                limits=limits,
-                follow_redirects=False,
-                headers=_JSON_HEADERS,
+        if transport is None and not _proxied(self.base_url):
+            transport = LeanTransport(
+                verify=verify, max_keepalive_connections=max(1, max_connections)
             )
-            for _ in range(shards)
-        ]
-        self._in_flight = [0] * shards
-
-    @property
-    def shards(self) -> int:
-        return len(self._clients)
-
-    @contextlib.contextmanager
-    def _checkout(self) -> Iterator[httpx.AsyncClient]:
-        """The shard with the fewest requests in flight, held for one request."""
-        in_flight = self._in_flight
-        index = in_flight.index(min(in_flight))
-        in_flight[index] += 1
-        try:
-            yield self._clients[index]
-        finally:
-            in_flight[index] -= 1
+        # transport is still None behind a proxy: httpx builds its own, proxy mounts included.
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=auth,
+            transport=transport,
+            timeout=httpx.Timeout(timeout, pool=None),
+            verify=verify,
+            limits=httpx.Limits(
+                max_connections=max(1, max_connections),
+                max_keepalive_connections=max(1, max_connections),
+                keepalive_expiry=5.0,
+            ),
+            follow_redirects=False,
+            headers=_JSON_HEADERS,
+        )
 
     async def __aenter__(self) -> DataprepClient:
         return self
@@ -468,8 +450,7 @@ class DataprepClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._client.aclose()
 
     async def _send(
         self,
@@ -486,8 +467,8 @@ class DataprepClient:
         if body is not None:
             send_headers["Content-Type"] = "application/json"
         try:
-            with self._checkout() as client, _translate(method, url_path):
-                response = await client.request(
+            with _translate(method, url_path):
+                response = await self._client.request(
                     method,
                     path,
                     params=params,

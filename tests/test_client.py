@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -465,45 +464,7 @@ def test_find_job_group_respects_max_pages() -> None:
     assert len(lister.calls) == 3
 
 
-def test_each_request_goes_to_the_least_busy_shard() -> None:
-    async def go() -> None:
-        async with DataprepClient("http://127.0.0.1:9", max_connections=3) as client:
-            assert client.shards == 3
-            with client._checkout() as first, client._checkout() as second:
-                with client._checkout() as third:
-                    assert len({id(first), id(second), id(third)}) == 3
-                    with client._checkout() as fourth:  # more in flight than shards: share one
-                        assert id(fourth) in {id(first), id(second), id(third)}
-                # The third shard is idle again: it is the one handed out, not a busy one.
-                with client._checkout() as again:
-                    assert again is third
-            with client._checkout() as idle:
-                assert idle is first  # idle connections are reused from the first shard on
-        transport = httpx.MockTransport(lambda r: httpx.Response(200))
-        async with DataprepClient(
-            "http://x.invalid", transport=transport, max_connections=50
-        ) as client:
-            assert client.shards == 1
-
-    run(go())
-
-
-def test_a_failed_request_gives_its_shard_back() -> None:
-    async def go() -> list[int]:
-        # Nothing listens on a fresh loopback port: every connect is refused.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        async with DataprepClient(f"http://127.0.0.1:{port}", max_connections=3) as client:
-            for _ in range(4):
-                with pytest.raises(ApiConnectionError):
-                    await client.get_status(1)
-            return list(client._in_flight)
-
-    assert run(go()) == [0, 0, 0]
-
-
-def test_concurrent_requests_through_shards_all_succeed() -> None:
+def test_concurrent_requests_all_succeed() -> None:
     count = 0
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
