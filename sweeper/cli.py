@@ -212,8 +212,9 @@ def run(
     from sweeper.config import load_config
     from sweeper.connection import connect
     from sweeper.ledger import Ledger
+    from sweeper.plan import latest_as_of
     from sweeper.redact import install_redaction
-    from sweeper.runner import Interrupt, latest_as_of, run_sweep
+    from sweeper.runner import Interrupt, run_sweep
     from sweeper.signals import SignalRelay
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
@@ -321,8 +322,7 @@ def plan(
     from sweeper import render
     from sweeper.config import load_config
     from sweeper.ledger import read_ledger
-    from sweeper.plan import PlannedCombination, Planner
-    from sweeper.runner import latest_as_of, plan_message
+    from sweeper.plan import PlannedCombination, Planner, latest_as_of, plan_message
 
     with _exit_codes():
         config = load_config(config_path)

@@ -919,8 +919,8 @@ def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterato
     matched = [False] * len(spec.include)
     for f in spec.factors:
         f.size(as_of)  # raises zip-length errors before the first combination
-    # The product lists the axes in parameter order (unless a factor reorders them), so only a
-    # combination that an include extends needs putting back into spec.param_names order.
+    # The product yields the axes in spec.axis_names order, which starts spec.param_names, so only
+    # a combination that an include extends needs reordering (in_order checks the first part).
     in_order = tuple(names) == spec.axis_names
     if spec.factors:
         for row in _product(spec.factors, as_of):

@@ -257,3 +257,30 @@ class Planner:
 def describe(combo: Combination) -> str:
     """``Region=01 varReferenceType=PROD``: how a combination is shown to people."""
     return " ".join(f"{k}={v}" for k, v in combo.params.items()) or "(no parameters)"
+
+
+def plan_message(counts: PlanCounts, sweep: str, run_id: str) -> str:
+    a = counts.by_action
+    if counts.total == 0:
+        return f"{sweep}: the matrix is empty; nothing to do."
+    todo = a["submit"] + a["resend"]
+    head = f"{sweep} run {run_id}: {counts.total} combinations"
+    parts = [
+        f"{a['submit']} to submit",
+        f"{a['resend']} to resend",
+        f"{a['wait']} to wait on",
+        f"{a['skip']} to skip",
+    ]
+    tail = "" if todo or a["wait"] else " — nothing new to submit"
+    return f"{head}: " + ", ".join(parts) + tail
+
+
+def latest_as_of(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
+    """The as-of a run already resolved its relative dates against, so a resume does not drift."""
+    for row in history:
+        if row.run_id == run_id and row.as_of:
+            try:
+                return datetime.fromisoformat(row.as_of)
+            except ValueError:
+                return None
+    return None

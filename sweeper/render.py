@@ -5,21 +5,21 @@ from __future__ import annotations
 import collections
 import csv
 import json
-import re
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from sweeper.identity import canonical_json
-from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe
-from sweeper.runner import RunEvent, RunSummary, plan_message
-from sweeper.status import StatusResult
+from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe, plan_message
+
+if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
+    from sweeper.runner import RunEvent, RunSummary
+    from sweeper.status import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
 REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
-_QUOTABLE = re.compile('["\r\n]')  # with a comma, what makes csv.writer quote a field
 
 
 class PlanDigest:
@@ -165,9 +165,10 @@ class PlanCsv:
         ]
         line = ",".join(row)
         # csv.writer leaves a field as it is unless it holds a comma, a quote or a line break.
-        # Rows without any are written directly: writerow costs more than the rest of this row's
-        # planning together. One comma too many means some field holds one.
-        if line.count(",") == len(row) - 1 and _QUOTABLE.search(line) is None:
+        # A row with none is joined here, several times cheaper than writerow (which examines
+        # every character); a comma inside a field shows as one comma too many. The other
+        # characters are found with `in`, which costs far less per row than a regex search.
+        if line.count(",") == len(row) - 1 and not ('"' in line or "\n" in line or "\r" in line):
             self._fh.write(line + "\n")
         elif "\r" in line:
             self._quote_all.writerow(row)

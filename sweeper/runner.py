@@ -43,7 +43,14 @@ from sweeper.errors import (
 )
 from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.outputs import verify_outputs
-from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe
+from sweeper.plan import (
+    Action,
+    PlanCounts,
+    PlannedCombination,
+    Planner,
+    describe,
+    plan_message,
+)
 from sweeper.polling import StatusPoller, aligned_delay
 from sweeper.retry import (
     CircuitBreaker,
@@ -763,30 +770,3 @@ async def run_sweep(
     if counts.total == 0:
         return run.summary
     return await run.execute(counts)
-
-
-def plan_message(counts: PlanCounts, sweep: str, run_id: str) -> str:
-    a = counts.by_action
-    if counts.total == 0:
-        return f"{sweep}: the matrix is empty; nothing to do."
-    todo = a["submit"] + a["resend"]
-    head = f"{sweep} run {run_id}: {counts.total} combinations"
-    parts = [
-        f"{a['submit']} to submit",
-        f"{a['resend']} to resend",
-        f"{a['wait']} to wait on",
-        f"{a['skip']} to skip",
-    ]
-    tail = "" if todo or a["wait"] else " — nothing new to submit"
-    return f"{head}: " + ", ".join(parts) + tail
-
-
-def latest_as_of(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
-    """The as-of a run already resolved its relative dates against, so a resume does not drift."""
-    for row in history:
-        if row.run_id == run_id and row.as_of:
-            try:
-                return datetime.fromisoformat(row.as_of)
-            except ValueError:
-                return None
-    return None

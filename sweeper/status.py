@@ -14,10 +14,10 @@ from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError
 from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.outputs import verify_outputs
-from sweeper.plan import Planner
+from sweeper.plan import Planner, latest_as_of
 from sweeper.polling import StatusPoller
 from sweeper.retry import PollGate, poll_delays
-from sweeper.runner import latest_as_of, parse_ts, utc_now
+from sweeper.runner import parse_ts, utc_now
 
 OPEN_STATES = ("running", "timed out")  # submitted, not known to have ended
 

@@ -146,3 +146,22 @@ def test_an_interrupt_outside_the_run_loop_exits_1_with_a_resume_hint(
     assert result.exit_code == 1
     assert "run the same command again to resume" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+def test_plan_does_not_load_the_http_stack() -> None:
+    """`sweeper plan` starts fast: httpx, its CLI's imports and the runner stay unloaded."""
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from sweeper.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['plan', 'configs/regions.toml'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('httpx', 'httpcore', 'sweeper.runner', 'sweeper.client')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

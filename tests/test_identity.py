@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,7 +28,7 @@ def test_combo_id_ignores_parameter_order_and_pins_known_values() -> None:
     a = combo_id(33, {"Region": "01", "varReferenceType": "PROD"})
     b = combo_id(33, {"varReferenceType": "PROD", "Region": "01"})
     assert a == b == _by_definition(33, {"Region": "01", "varReferenceType": "PROD"})
-    assert combo_id(33, {"Region": "é\"\\\n"}) == _by_definition(33, {"Region": "é\"\\\n"})
+    assert combo_id(33, {"Region": 'é"\\\n'}) == _by_definition(33, {"Region": 'é"\\\n'})
     assert combo_id(34, {"Region": "01"}) != combo_id(33, {"Region": "01"})
 
 
@@ -37,3 +38,10 @@ def test_execution_id_changes_with_run_and_generation_only() -> None:
     assert base != execution_id("regions", "2026-11-30", "abc")
     assert base != execution_id("regions", "2026-11-29", "abc", 1)
     assert base.startswith("swp-") and len(base) == 40
+
+
+def test_combo_id_uses_the_definition_for_inputs_the_direct_path_does_not_cover() -> None:
+    # A bool dataset encodes as true/false, and a non-string value without quotes.
+    assert combo_id(True, {"a": "1"}) == _by_definition(True, {"a": "1"})
+    odd: dict[str, Any] = {"a": 1, "b": None}
+    assert combo_id(33, odd) == _by_definition(33, odd)

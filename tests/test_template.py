@@ -221,3 +221,42 @@ def test_request_template_still_checks_every_path_value() -> None:
     assert template.render(good, "r")[1] == ("out/ok.csv",)
     with pytest.raises(MatrixError, match="path separator"):
         template.render(bad, "r")
+
+
+def test_compiled_template_renders_each_string_as_render_string_does() -> None:
+    """Placeholders specialised at compile time and fixed parts copied give what the general
+    renderer gives string by string, in fresh containers for every body."""
+    overrides = {
+        "execution": "photon-{Region}",
+        "profiler": False,
+        "writesettings": [
+            {"path": "out/{run_id}/{Region}/{day:%Y/%m/%d}/{{x}}-{combo_id}.csv", "n": 1},
+            {"action": "append"},
+        ],
+        "nested": {"deep": ["{day}", {"k": "{run_id}-{Region:>4}"}, 3], "fixed": {"a": "b"}},
+    }
+    text = 'Region = ["01", "02"]\nday = { start = 2024-01-30, end = 2024-02-01 }'
+    for combo in combos(text):
+        body = render_request(33, overrides, combo, "r1")
+        assert body["overrides"] == _render_each_string(overrides, combo, "r1")
+        again = render_request(33, overrides, combo, "r1")
+        assert not _containers(again) & _containers(body)  # nothing shared between bodies
+
+
+def _render_each_string(value: Any, combo: Combination, run_id: str, key: str = "overrides") -> Any:
+    if isinstance(value, str):
+        return render_string(value, combo, run_id, key=key)
+    if isinstance(value, dict):
+        return {k: _render_each_string(v, combo, run_id, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_render_each_string(v, combo, run_id, f"{key}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _containers(value: Any) -> set[int]:
+    """The ids of every dict and list in a rendered body."""
+    if isinstance(value, dict):
+        return {id(value)}.union(*(_containers(v) for v in value.values()))
+    if isinstance(value, list):
+        return {id(value)}.union(*(_containers(v) for v in value))
+    return set()
