@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -192,6 +193,17 @@ def test_csv_neutralises_formulas() -> None:
         "'\rx",
         "ok",
     ]
+
+
+def test_csv_rows_stay_whole_when_a_value_holds_a_carriage_return() -> None:
+    """Cells are one-lined: a parameter value holding a bare \r cannot split a CSV row."""
+    odd = dataclasses.replace(
+        finished("r1", "a", "Failed", 10, job_group_id=1), params={"Region": "0\r1"}
+    )
+    text = render(build_report([odd]), "csv")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert ["Region", "0 1", "1", "0", "1", "0", "0.00", "10.00"] in rows
+    assert not any(r and r[0] in ("0", "1") for r in rows[1:] if len(r) == 1)
 
 
 def test_json_is_raw_and_stable() -> None:
