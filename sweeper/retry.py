@@ -340,8 +340,10 @@ async def call_with_retry(
 class RateLimiter:
     """At most ``count`` acquisitions in any window of ``per_seconds`` (sliding log, FIFO-fair).
 
-    When saturated, each grant happens exactly ``per_seconds`` after the grant ``count`` places
-    before it, so the achieved rate equals the configured rate.
+    When saturated, each grant happens exactly one window after the grant ``count`` places
+    before it, so the achieved rate equals the configured rate. ``margin`` stretches the window
+    by that fraction, for a server that counts arrivals: network jitter can bring two requests
+    sent one window apart closer together than a window when they arrive.
     """
 
     def __init__(
@@ -349,13 +351,14 @@ class RateLimiter:
         count: int,
         per_seconds: float,
         *,
+        margin: float = 0.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if count < 1 or per_seconds <= 0:
-            raise ValueError("RateLimiter needs count >= 1 and per_seconds > 0")
+        if count < 1 or per_seconds <= 0 or margin < 0:
+            raise ValueError("RateLimiter needs count >= 1, per_seconds > 0 and margin >= 0")
         self.count = count
-        self.per_seconds = per_seconds
+        self.per_seconds = per_seconds * (1.0 + margin)
         self._clock = clock
         self._sleep = sleep
         self._grants: deque[float] = deque(maxlen=count)

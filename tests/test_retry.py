@@ -255,9 +255,9 @@ class FakeTime:
             fut.set_result(None)
 
 
-def _limited(count: int, per: float, arrivals: list[float]) -> list[float]:
+def _limited(count: int, per: float, arrivals: list[float], margin: float = 0.0) -> list[float]:
     ft = FakeTime()
-    limiter = RateLimiter(count, per, clock=ft.clock, sleep=ft.sleep)
+    limiter = RateLimiter(count, per, margin=margin, clock=ft.clock, sleep=ft.sleep)
     grants: list[float] = []
 
     async def one(at: float) -> None:
@@ -275,13 +275,15 @@ def _limited(count: int, per: float, arrivals: list[float]) -> list[float]:
 @settings(max_examples=60, deadline=None)
 @given(
     count=st.integers(min_value=1, max_value=6),
-    per=st.sampled_from([0.5, 1.0, 60.0]),
+    per_seconds=st.sampled_from([0.5, 1.0, 60.0]),
+    margin=st.sampled_from([0.0, 0.01]),
     arrivals=st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=25),
 )
 def test_rate_limiter_window_property_and_full_rate(
-    count: int, per: float, arrivals: list[float]
+    count: int, per_seconds: float, margin: float, arrivals: list[float]
 ) -> None:
-    grants = _limited(count, per, arrivals)
+    grants = _limited(count, per_seconds, arrivals, margin)
+    per = per_seconds * (1 + margin)  # the window the limiter keeps
     assert len(grants) == len(arrivals)
     # Window property: any count+1 consecutive grants span at least per seconds.
     for i in range(len(grants) - count):
@@ -300,6 +302,12 @@ def test_rate_limiter_saturated_achieves_the_rate() -> None:
     grants = _limited(25, 60.0, [0.0] * 100)
     assert grants[:25] == [0.0] * 25
     assert grants[25] == pytest.approx(60.0) and grants[-1] == pytest.approx(180.0)
+
+
+def test_rate_limiter_margin_stretches_each_window() -> None:
+    grants = _limited(25, 60.0, [0.0] * 50, margin=0.01)
+    assert grants[:25] == [0.0] * 25
+    assert grants[25:] == pytest.approx([60.6] * 25)
 
 
 def test_poll_gate_spaces_requests() -> None:
