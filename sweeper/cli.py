@@ -11,7 +11,6 @@ Commands parse options, call library functions, render results, and leave exit c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -207,6 +206,8 @@ def run(
         )
         return
     _setup_logging(verbose, quiet)
+    import asyncio
+
     from sweeper import render
     from sweeper.auth import secrets
     from sweeper.config import load_config
@@ -402,6 +403,8 @@ def status(
         sweeper status results/regions.csv --no-refresh --json
     """
     _setup_logging(verbose, quiet)
+    import asyncio
+
     from sweeper import render
     from sweeper.config import load_config
     from sweeper.connection import connect

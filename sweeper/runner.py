@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from sweeper.appender import AsyncAppender
 from sweeper.client import DataprepClient, JobGroupState, Submission
 from sweeper.config import SweepConfig
 from sweeper.errors import (
@@ -41,7 +42,7 @@ from sweeper.errors import (
     RunAbortedError,
     SweeperError,
 )
-from sweeper.ledger import AsyncAppender, Event, Ledger, LedgerRow, current_state, state_of
+from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
 from sweeper.outputs import verify_outputs
 from sweeper.plan import (
     Action,

@@ -452,7 +452,7 @@ def test_async_appender_group_commits_and_keeps_order(
     """Concurrent appends share fsyncs, each returns only once its row is on disk, order kept."""
     import asyncio
 
-    from sweeper.ledger import AsyncAppender
+    from sweeper.appender import AsyncAppender
 
     calls = []
     real_fsync = os.fsync
@@ -485,7 +485,7 @@ def test_append_soon_rows_are_committed_with_the_next_awaited_row(tmp_path: Path
     """A row nobody waits for is on disk, in call order, once a later awaited append returns."""
     import asyncio
 
-    from sweeper.ledger import AsyncAppender
+    from sweeper.appender import AsyncAppender
 
     ledger = open_ledger(tmp_path / "l.csv")
 
@@ -503,7 +503,7 @@ def test_append_soon_rows_are_committed_with_the_next_awaited_row(tmp_path: Path
 def test_append_now_writes_queued_rows_first(tmp_path: Path) -> None:
     import asyncio
 
-    from sweeper.ledger import AsyncAppender
+    from sweeper.appender import AsyncAppender
 
     ledger = open_ledger(tmp_path / "l.csv")
 
@@ -520,7 +520,7 @@ def test_append_now_writes_queued_rows_first(tmp_path: Path) -> None:
 def test_a_cancelled_caller_still_gets_its_row_written(tmp_path: Path) -> None:
     import asyncio
 
-    from sweeper.ledger import AsyncAppender
+    from sweeper.appender import AsyncAppender
 
     ledger = open_ledger(tmp_path / "l.csv")
 
@@ -544,7 +544,7 @@ def test_a_failed_commit_is_raised_to_waiters_and_by_every_later_append(
     import asyncio
     import errno
 
-    from sweeper.ledger import AsyncAppender
+    from sweeper.appender import AsyncAppender
 
     ledger = open_ledger(tmp_path / "l.csv")
     real = ledger.append_many
