@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -626,3 +629,98 @@ def test_dataprep_client_https_proxy_does_not_apply_to_http(
             assert isinstance(client._client._transport, LeanTransport)
 
     run(main())
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert, key), made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+async def _tls_server(cert: str, key: str) -> tuple[asyncio.Server, int]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = head.split(b" ")[1]
+                writer.write(response(200, b"tls " + target))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_https_with_a_trusted_certificate_keeps_the_connection(
+    certificate: tuple[str, str],
+) -> None:
+    cert, key = certificate
+
+    async def main() -> list[str]:
+        server, port = await _tls_server(cert, key)
+        trusted = ssl.create_default_context(cafile=cert)
+        try:
+            async with httpx.AsyncClient(
+                transport=LeanTransport(verify=trusted), base_url=f"https://127.0.0.1:{port}"
+            ) as client:
+                first = await client.get("/a")
+                second = await client.get("/b")
+                assert first.extensions["http_version"] == b"HTTP/1.1"
+                return [first.text, second.text]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert run(main()) == ["tls /a", "tls /b"]
+
+
+def test_https_with_an_untrusted_certificate_is_a_connect_error(
+    certificate: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification is on by default, and a failed handshake means nothing was sent."""
+    cert, key = certificate
+    for name in PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+    async def main() -> tuple[str, str]:
+        server, port = await _tls_server(cert, key)
+        try:
+            async with httpx.AsyncClient(
+                transport=LeanTransport(), base_url=f"https://127.0.0.1:{port}"
+            ) as client:
+                with pytest.raises(httpx.ConnectError) as raw:
+                    await client.get("/a")
+            async with DataprepClient(f"https://127.0.0.1:{port}") as api:
+                with pytest.raises(ApiConnectionError) as translated:
+                    await api.get_status(1)
+            return str(raw.value), str(translated.value)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    raw, translated = run(main())
+    assert "CERTIFICATE_VERIFY_FAILED" in raw
+    assert "certificate" in translated.lower()
