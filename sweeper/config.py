@@ -20,14 +20,8 @@ from urllib.parse import urlsplit
 
 from sweeper.errors import ConfigError
 from sweeper.identity import config_hash as _config_hash
-from sweeper.matrix import (
-    AXIS_TABLE_KEYS,
-    RESERVED_KEYS,
-    MatrixSpec,
-    describe,
-    did_you_mean,
-    parse_matrix,
-)
+from sweeper.matrix import MatrixSpec, describe, did_you_mean
+from sweeper.matrix_parse import AXIS_TABLE_KEYS, RESERVED_KEYS, parse_matrix
 from sweeper.template import check_template
 
 if sys.version_info >= (3, 11):
@@ -135,7 +129,7 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "insecure",
             "timeout",
         ),
-        "matrix": (),  # free-form: see sweeper.matrix
+        "matrix": (),  # free-form: see sweeper.matrix_parse
         "overrides": ("execution", "profiler", "writesettings", "writeSettings"),
         "run": (
             "rate",

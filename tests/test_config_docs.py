@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from sweeper.config import KNOWN_KEYS, load_config
-from sweeper.matrix import count_combinations, expand_matrix, parse_matrix
+from sweeper.matrix import count_combinations, expand_matrix
+from sweeper.matrix_parse import parse_matrix
 
 if sys.version_info >= (3, 11):
     import tomllib

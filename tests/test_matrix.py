@@ -21,10 +21,10 @@ from sweeper.matrix import (
     MatrixSpec,
     count_combinations,
     expand_matrix,
-    parse_matrix,
     parse_only,
     select,
 )
+from sweeper.matrix_parse import parse_matrix
 
 if sys.version_info >= (3, 11):
     import tomllib

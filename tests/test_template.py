@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sweeper.errors import MatrixError
-from sweeper.matrix import Combination, MatrixSpec, expand_matrix, parse_matrix
+from sweeper.matrix import Combination, MatrixSpec, expand_matrix
+from sweeper.matrix_parse import parse_matrix
 from sweeper.template import (
     RequestTemplate,
     check_template,
