@@ -179,12 +179,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
         max_keepalive_connections: int = 64,
         keepalive_expiry: float = 4.0,  # under the 5 s idle timeout of uvicorn and many proxies
     ) -> None:
-        if isinstance(verify, ssl.SSLContext):
-            self._ssl = verify
-        elif verify:
-            self._ssl = httpx.create_ssl_context()
-        else:
-            self._ssl = httpx.create_ssl_context(verify=False)
+        self._verify = verify
+        # Built on the first https connection: loading the CA bundle costs ~50 ms.
+        self._ssl = verify if isinstance(verify, ssl.SSLContext) else None
         self._max_idle = max_keepalive_connections
         self._expiry = keepalive_expiry
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
@@ -249,7 +246,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     _Connection,
                     host,
                     port,
-                    ssl=self._ssl if tls else None,
+                    ssl=self._ssl_context() if tls else None,
                     server_hostname=host if tls else None,
                 ),
                 timeout,
@@ -260,6 +257,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__) from exc
         self._open.add(conn)
         return conn
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context(verify=bool(self._verify))
+        return self._ssl
 
     def _discard(self, conn: _Connection) -> None:
         conn.close()

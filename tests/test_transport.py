@@ -724,3 +724,18 @@ def test_https_with_an_untrusted_certificate_is_a_connect_error(
     raw, translated = run(main())
     assert "CERTIFICATE_VERIFY_FAILED" in raw
     assert "certificate" in translated.lower()
+
+
+def test_plain_http_never_loads_the_ca_bundle() -> None:
+    """The TLS context (~50 ms of CA loading) is built on the first https connection only."""
+    transport = LeanTransport()
+
+    async def main() -> str:
+        async with (
+            RawServer(echo_path) as server,
+            httpx.AsyncClient(transport=transport, base_url=server.url) as client,
+        ):
+            return (await client.get("/x")).text
+
+    assert run(main()) == "GET /x"
+    assert transport._ssl is None
