@@ -504,8 +504,15 @@ class Ledger:
         with self._mutex:
             if self._fd is None:
                 raise ValueError(f"the ledger {self.path} is closed")
-            _write_all(self._fd, data)
-            os.fsync(self._fd)
+            try:
+                _write_all(self._fd, data)
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise LedgerError(
+                    f"could not write to the ledger {self.path}: {exc.strerror or exc}. Every row "
+                    "before this one is on disk; fix the cause (disk space, permissions) and run "
+                    "the same command again to resume."
+                ) from exc
             self._rows.extend(clean)
 
     def close(self) -> None:

@@ -165,3 +165,39 @@ def test_plan_does_not_load_the_http_stack() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_full_disk_mid_run_is_a_clear_error_and_the_run_resumes(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on a ledger write: exit 1 with what happened and what to do, no traceback."""
+    import errno
+    import os
+
+    from sweeper import ledger as ledger_module
+
+    config = _regions_fast(project)
+    real_fsync = os.fsync
+    calls = 0
+
+    def fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 6:  # the header, its directory, and a few rows get through
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    result = CliRunner().invoke(cli, ["run", str(config), "--run-id", "night-1"])
+    assert result.exit_code == 1, result.output
+    assert "could not write to the ledger" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "run the same command again to resume" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    before = _rows(project / "results" / "regions.csv")
+    assert before and before[0]["event"] == "intent"  # what was written reads back whole
+
+    monkeypatch.setattr(ledger_module.os, "fsync", real_fsync)  # the disk has room again
+    again = CliRunner().invoke(cli, ["run", str(config), "--run-id", "night-1"])
+    assert again.exit_code == 0, again.output + again.stderr
+    assert "6 succeeded, 0 failed" in again.output
