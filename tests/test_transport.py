@@ -409,23 +409,19 @@ def test_read_timeout_and_the_timed_out_connection_is_not_reused() -> None:
                 return
             await conn.send(response(200, f"{req.target} on {conn.index}".encode()))
 
-    async def main() -> tuple[RawServer, httpx.Response, float]:
+    async def main() -> tuple[RawServer, httpx.Response]:
         async with (
             RawServer(handler) as server,
             lean_client(server, httpx.Timeout(0.3)) as client,
         ):
-            loop = asyncio.get_running_loop()
-            start = loop.time()
             with pytest.raises(httpx.TransportError) as info:
                 await client.get("/slow")
-            elapsed = loop.time() - start
             assert type(info.value) is httpx.ReadTimeout, repr(info.value)
             await server.wait_eofs(1)  # the transport closed that connection
             answer = await client.get("/next")
-        return server, answer, elapsed
+        return server, answer
 
-    server, answer, elapsed = run(main())
-    assert elapsed >= 0.25  # not before the timeout
+    server, answer = run(main())
     assert answer.text == "/next on 1"
     assert server.connections == 2
 
