@@ -159,8 +159,11 @@ class _Connection(asyncio.Protocol):
             return httpx.ReadError(str(self._error) or message)
         return httpx.RemoteProtocolError(message)
 
-    def reusable(self) -> bool:
-        """Ready for the next request (both sides finished, nobody asked to close)."""
+    def start_next_cycle(self) -> bool:
+        """Make the connection ready for another request; False if it cannot take one.
+
+        It can when both sides finished their message and nobody asked to close.
+        """
         if self.closed or self.h11.our_state is not h11.DONE:
             return False
         if self.h11.their_state is not h11.DONE:
@@ -212,7 +215,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except BaseException:
             self._discard(conn)
             raise
-        if conn.reusable() and len(self._idle.get(key, ())) < self._max_idle:
+        if conn.start_next_cycle() and len(self._idle.get(key, ())) < self._max_idle:
             conn.idle_since = time.monotonic()
             self._idle.setdefault(key, []).append(conn)
         else:
