@@ -4,7 +4,7 @@
     python benchmarks/polling.py --quick       # one run, seconds
 
 Two figures per job length:
-* computed: the schedule `sweeper.retry.poll_delays(run.poll_interval, run.poll_max_interval)`
+* computed: the schedule `sweeper.pacing.poll_delays(run.poll_interval, run.poll_max_interval)`
   summed until it covers the job (one GET per delay); without jitter, and the mean / max over
   1,000 seeded jittered schedules;
 * measured: a real `run_sweep` (the library, in this process) against a served emulator whose
@@ -66,7 +66,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
 
 def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, int]:
     """GETs to see a job of ``seconds`` end: (no jitter, mean jittered, max jittered)."""
-    from sweeper.retry import poll_delays
+    from sweeper.pacing import poll_delays
 
     def count(rng: random.Random | None, jitter: float) -> int:
         elapsed = 0.0

@@ -215,8 +215,9 @@ def run(
     from sweeper.ledger import Ledger
     from sweeper.plan import latest_as_of
     from sweeper.redact import install_redaction
-    from sweeper.runner import Interrupt, run_sweep
+    from sweeper.runner import run_sweep
     from sweeper.signals import SignalRelay
+    from sweeper.stopping import StopController
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
     with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
@@ -227,9 +228,9 @@ def run(
         progress = render.Progress(quiet=quiet or as_json)
 
         async def main() -> Any:
-            interrupt = Interrupt(cancel_on_interrupt=cancel_on_interrupt)
+            stop = StopController(cancel_on_interrupt=cancel_on_interrupt)
             with (
-                relay.attached(interrupt.signal),
+                relay.attached(stop.interrupt),
                 Ledger.open(
                     config.sweep.ledger,
                     sweep=config.sweep.name,
@@ -253,7 +254,7 @@ def run(
                         limit=limit,
                         wait=wait,
                         allow_large=allow_large,
-                        interrupt=interrupt,
+                        stop=stop,
                         on_event=progress.event,
                     )
 

@@ -17,6 +17,8 @@ The tree::
     │   └── LedgerLockedError       another sweeper holds the ledger                 -> exit 1
     └── RunAbortedError             the run stopped itself (breaker, budget, signal) -> exit 1
 
+``exit_code_for`` is the one place where an error or a result becomes an ``ExitCode``.
+
 Messages are complete sentences that name the place (file, key, URL path) and say what to do.
 They never contain an access token, a password or a request header.
 """
@@ -24,6 +26,17 @@ They never contain an access token, a password or a request header.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
+from typing import Protocol
+
+
+class ExitCode(enum.IntEnum):
+    """What ``sweeper`` exits with; scripts and schedulers branch on these."""
+
+    OK = 0  # every combination in scope succeeded
+    STOPPED = 1  # the run could not go on (auth, unreachable API, ledger locked, interrupted)
+    USAGE = 2  # bad usage or configuration: nothing was submitted
+    INCOMPLETE = 3  # finished, but some combinations failed, are in doubt or still running
 
 
 class FailureClass(enum.Enum):
@@ -138,3 +151,25 @@ class LedgerLockedError(LedgerError):
 
 class RunAbortedError(SweeperError):
     """The run stopped itself before the end; the ledger is consistent and resumable."""
+
+
+class Outcome(Protocol):
+    """A finished command's result: whether it stopped early, and its combinations by state."""
+
+    @property
+    def stopped_early(self) -> bool: ...
+
+    @property
+    def states(self) -> Mapping[str, int]: ...
+
+
+def exit_code_for(outcome: BaseException | Outcome) -> ExitCode:
+    """The exit code for an error a command raised, or for the result it returned."""
+    if isinstance(outcome, ConfigError):
+        return ExitCode.USAGE
+    if isinstance(outcome, BaseException):
+        return ExitCode.STOPPED
+    if outcome.stopped_early:
+        return ExitCode.STOPPED
+    unsettled = sum(n for state, n in outcome.states.items() if state != "succeeded")
+    return ExitCode.INCOMPLETE if unsettled else ExitCode.OK

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from sweeper.errors import LedgerError, LedgerLockedError
 from sweeper.identity import canonical_json
+from sweeper.state import State
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -114,6 +115,16 @@ def utc_timestamp(now: datetime | None = None) -> str:
     """The ledger's timestamp format: UTC ISO-8601 with milliseconds and a Z."""
     moment = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def parse_timestamp(value: str) -> float | None:
+    """Seconds since the epoch for an ISO-8601 timestamp such as the ledger's, or None."""
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -615,41 +626,30 @@ def needs_reconcile(row: LedgerRow) -> bool:
     return row.event in (Event.INTENT, Event.IN_DOUBT)
 
 
-# State labels for status and reports, in display order.
-STATES: tuple[str, ...] = (
-    "succeeded",
-    "failed",
-    "rejected",
-    "canceled",
-    "timed out",
-    "running",
-    "in doubt",
-    "not sent",
-)
-
-
-def state_of(row: LedgerRow) -> str:
-    """A one-word summary of a combination's last row (one of STATES)."""
+def state_of(row: LedgerRow | None) -> State:
+    """Where a combination stands, from its last row in a run (None: never attempted)."""
+    if row is None:
+        return State.PENDING
     event = row.event
     if event is Event.FINISHED:
         if row.status == "Canceled":
-            return "canceled"
-        return "succeeded" if succeeded(row) else "failed"
+            return State.CANCELED
+        return State.SUCCEEDED if succeeded(row) else State.FAILED
     if event is Event.REJECTED:
-        return "rejected"
+        return State.REJECTED
     if event is Event.CANCELED:
-        return "canceled"
+        return State.CANCELED
     if event is Event.TIMED_OUT:
-        return "timed out"
+        return State.TIMED_OUT
     if event in (Event.INTENT, Event.IN_DOUBT):
-        return "in doubt"
+        return State.IN_DOUBT
     if event is Event.NOT_SENT:
-        return "not sent"
+        return State.NOT_SENT
     if event is Event.RECONCILED and row.job_group_id is None:
-        return "not sent"  # looked up and absent on the server: safe to submit
+        return State.NOT_SENT  # looked up and absent on the server: safe to submit
     if event is Event.DUPLICATE and row.job_group_id is None:
-        return "in doubt"  # the server has it (304) but the lookup found no group
-    return "running"  # submitted, duplicate, reconciled (found)
+        return State.IN_DOUBT  # the server has it (304) but the lookup found no group
+    return State.RUNNING  # submitted, duplicate, reconciled (found)
 
 
 def iter_param_names(rows: Iterable[LedgerRow]) -> Iterator[str]:
@@ -672,7 +672,7 @@ def rows_to_frame(rows: Sequence[LedgerRow]) -> pd.DataFrame:
         f.name: [getattr(r, f.name) for r in rows] for f in dataclasses.fields(LedgerRow)
     }
     data["event"] = [r.event.value for r in rows]
-    data["state"] = [state_of(r) for r in rows]
+    data["state"] = [state_of(r).label for r in rows]
     for name in names:
         data[PARAM_PREFIX + name] = [r.params.get(name) for r in rows]
     frame: pd.DataFrame = pd.DataFrame(data)

@@ -1,9 +1,9 @@
 """Status polls for many job groups: aligned in time and batched into one listing.
 
-Each waiting job group polls on its own backoff schedule (``retry.poll_delays``). Two things keep
+Each waiting job group polls on its own backoff schedule (``pacing.poll_delays``). Two things keep
 the platform's load low when hundreds of groups wait at once:
 
-- ``aligned_delay`` rounds each poll time up to a shared grid (a quarter of the delay), so
+- ``pacing.aligned_delay`` rounds each poll time up to a shared grid (a quarter of the delay), so
   groups submitted a few seconds apart come due together;
 - ``StatusPoller`` answers asks that come due together from one ``GET /v4/jobGroups`` listing
   (newest first) where the API has one, and falls back to one ``GET /v4/jobGroups/{id}`` for a
@@ -14,27 +14,14 @@ the platform's load low when hundreds of groups wait at once:
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 
 from sweeper.client import DataprepClient, JobGroupState
 from sweeper.errors import ApiError, ApiRejectedError, AuthError
-from sweeper.retry import PollGate
+from sweeper.pacing import Pacer
 
 MAX_PAGE = 100  # the most groups one listing asks for
-
-
-def aligned_delay(delay: float, now: float) -> float:
-    """``delay``, lengthened by at most a quarter so the poll lands on a grid shared by all.
-
-    The grid is a quarter of the delay, so polls at the same backoff step (the long ones, in a
-    big sweep) land on the same instants whatever second their group was submitted in.
-    """
-    if delay <= 0:
-        return 0.0
-    grid = delay / 4
-    return math.ceil((now + delay) / grid) * grid - now
 
 
 class StatusPoller:
@@ -43,7 +30,7 @@ class StatusPoller:
     def __init__(
         self,
         client: DataprepClient,
-        gate: PollGate,
+        gate: Pacer,
         *,
         window: float = 0.05,
         clock: Callable[[], float] = time.time,

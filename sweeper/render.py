@@ -15,7 +15,7 @@ from sweeper.identity import canonical_json
 from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe, plan_message
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
-    from sweeper.runner import RunEvent, RunSummary
+    from sweeper.journal import RunEvent, RunSummary
     from sweeper.status import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`

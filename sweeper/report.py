@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sweeper.ledger import PARAM_PREFIX, STATES, LedgerRow, fsync_directory, one_line
+from sweeper.ledger import PARAM_PREFIX, LedgerRow, fsync_directory, one_line
+from sweeper.state import State
+
+STATES = tuple(s.label for s in State if s is not State.PENDING)
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sweeper.client import DataprepClient, JobGroupState
+from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError
-from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of
-from sweeper.outputs import verify_outputs
+from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of, utc_timestamp
+from sweeper.pacing import Pacer, poll_delays
 from sweeper.plan import Planner, latest_as_of
 from sweeper.polling import StatusPoller
-from sweeper.retry import PollGate, poll_delays
-from sweeper.runner import parse_ts, utc_now
-
-OPEN_STATES = ("running", "timed out")  # submitted, not known to have ended
+from sweeper.waiter import finished_fields
 
 
 @dataclass
@@ -32,20 +30,29 @@ class StatusResult:
     timed_out: bool = False  # --watch gave up at run.timeout
 
     def counts(self) -> dict[str, int]:
+        """How many combinations are in each state (only states that occur)."""
         out: dict[str, int] = {}
         for row in self.rows:
-            kind = state_of(row)
-            out[kind] = out.get(kind, 0) + 1
+            state = state_of(row).value
+            out[state] = out.get(state, 0) + 1
         return out
 
     @property
+    def states(self) -> dict[str, int]:
+        return self.counts()
+
+    @property
+    def stopped_early(self) -> bool:
+        return False
+
+    @property
     def open(self) -> int:
-        return sum(1 for row in self.rows if state_of(row) in OPEN_STATES)
+        return sum(1 for row in self.rows if state_of(row).is_open)
 
 
 def open_groups(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
     """Rows whose job group was submitted but is not known to have ended."""
-    return [r for r in rows if state_of(r) in OPEN_STATES and r.job_group_id is not None]
+    return [r for r in rows if state_of(r).is_open and r.job_group_id is not None]
 
 
 def find_config_for(
@@ -61,34 +68,6 @@ def find_config_for(
             except Exception:  # an unrelated broken TOML file is not our business
                 continue
     return None
-
-
-def _finished_row(
-    row: LedgerRow, state: JobGroupState, outputs: tuple[str, str] = ("", "")
-) -> LedgerRow:
-    created, updated = parse_ts(state.created_at), parse_ts(state.updated_at)
-    outputs_ok, note = outputs
-    return LedgerRow(
-        ts=utc_now(),
-        sweep=row.sweep,
-        run_id=row.run_id,
-        combo_id=row.combo_id,
-        event=Event.FINISHED,
-        generation=row.generation,
-        execution_id=row.execution_id,
-        params=row.params,
-        job_group_id=state.id,
-        job_ids=tuple(j.id for j in state.jobs),
-        status=state.status,
-        error=state.error if state.status != "Complete" else note,
-        outputs_ok=outputs_ok,
-        duration_s=round(updated - created, 3)
-        if created is not None and updated is not None
-        else None,
-        config_hash=row.config_hash,
-        as_of=row.as_of,
-        reason="refreshed by sweeper status",
-    )
 
 
 def expected_outputs(
@@ -119,7 +98,8 @@ async def refresh(
     history = ledger.history()
     rid = run_id or (history[-1].run_id if history else "")
     result = StatusResult(run_id=rid, rows=[])
-    poller = StatusPoller(client, PollGate(config.run.max_polls_per_second))
+    gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
+    poller = StatusPoller(client, gate)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
     expected: dict[str, tuple[str, ...]] | None = None
@@ -140,17 +120,23 @@ async def refresh(
             if isinstance(group, BaseException):
                 raise group
             if group.terminal:
-                outputs = ("", "")
-                if group.status == "Complete" and config.run.verify_outputs:
-                    if expected is None:  # rendered once, and only when needed
-                        expected = expected_outputs(config, ledger.history(), rid)
-                    outputs = await verify_outputs(
-                        client,
-                        group.id,
-                        expected.get(row.combo_id, ()),
-                        created_at=parse_ts(group.created_at),
+                if expected is None and config.run.verify_outputs:
+                    expected = expected_outputs(config, ledger.history(), rid)  # once, if needed
+                fields = await finished_fields(
+                    config, client, group, (expected or {}).get(row.combo_id, ())
+                )
+                ledger.append(
+                    dataclasses.replace(
+                        row,
+                        ts=utc_timestamp(),
+                        event=Event.FINISHED,
+                        attempt=0,
+                        http_status=None,
+                        request_id="",
+                        reason="refreshed by sweeper status",
+                        **fields,
                     )
-                ledger.append(_finished_row(row, group, outputs))
+                )
                 result.finished += 1
         result.rows = list(current_state(ledger.history(), run_id=rid).values())
         if on_change is not None:

@@ -232,8 +232,9 @@ def run_library(
 
     from sweeper.config import load_config
     from sweeper.connection import connect
+    from sweeper.journal import RunEvent
     from sweeper.ledger import Ledger
-    from sweeper.runner import RunEvent, run_sweep
+    from sweeper.runner import run_sweep
 
     config = load_config(config_path, environ={"RELIAB_TOKEN": token})
     client = connect(config, environ={"RELIAB_TOKEN": token}, transport=transport)

@@ -370,7 +370,7 @@ def test_current_state_runs_and_classifiers() -> None:
     missing = make_row(event=Event.FINISHED, status="Complete", outputs_ok="no")
     assert not succeeded(missing) and failed(missing)
     assert failed(make_row(event=Event.REJECTED, http_status=400))
-    assert state_of(make_row(event=Event.RECONCILED)) == "not sent"
+    assert state_of(make_row(event=Event.RECONCILED)) == "not_sent"
     assert state_of(make_row(event=Event.RECONCILED, job_group_id=5)) == "running"
     assert state_of(make_row(event=Event.FINISHED, status="Canceled")) == "canceled"
 

@@ -51,7 +51,8 @@ def test_status_checks_outputs_of_groups_that_end_after_a_no_wait_run(project: P
     """run --no-wait, then status: a Complete group whose files are missing is not a success."""
     config_path = write_sweep(project, verify=True)
     emulator = Emulator(project, output_root=project / "elsewhere")  # files land out of sight
-    assert run(config_path, emulator, "night-1", wait=False).summary.exit_code == 0
+    # Not waited for: still running, exit 3.
+    assert run(config_path, emulator, "night-1", wait=False).summary.exit_code == 3
     emulator.offset += 3600.0  # every group has ended by now
     config = load_config(config_path)
     result = _refresh(emulator, config_path)

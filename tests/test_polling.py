@@ -18,8 +18,8 @@ from sweeper.config import load_config
 from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.ledger import Event, Ledger
-from sweeper.polling import StatusPoller, aligned_delay
-from sweeper.retry import PollGate
+from sweeper.pacing import Pacer, aligned_delay
+from sweeper.polling import StatusPoller
 from sweeper.runner import run_sweep
 from tests.conftest import FAST_RUN
 
@@ -66,7 +66,7 @@ def _sweep(write_config: Any) -> Path:
         Region = ["01", "02", "03", "04", "05", "06"]
         varReferenceType = ["PROD", "TEST"]
         """
-        + FAST_RUN
+        + FAST_RUN.replace('rate = "600/min"', 'rate = "60000/min"')  # submitted together
     )
 
 
@@ -137,7 +137,7 @@ def test_poller_answers_each_waiter_and_falls_back_for_groups_off_the_page(
                 )
                 assert sub.job_group_id is not None
                 ids.append(sub.job_group_id)
-            poller = StatusPoller(client, PollGate(1000.0))
+            poller = StatusPoller(client, Pacer(1, 0.001, sleep=asyncio.sleep, margin=0.0))
             # The oldest group is not on a 25-long newest-first page of a busy workspace.
             asked = [ids[0], ids[-1], ids[-2]]
             states = await asyncio.gather(*(poller.get(i) for i in asked))
@@ -154,7 +154,7 @@ def test_a_single_waiter_is_not_batched(tmp_path: Path) -> None:
         async with _client(tmp_path) as client:
             sub = await client.create_job_group({"wrangledDataset": {"id": 7}}, execution_id="1")
             assert sub.job_group_id is not None
-            poller = StatusPoller(client, PollGate(1000.0))
+            poller = StatusPoller(client, Pacer(1, 0.001, sleep=asyncio.sleep, margin=0.0))
             assert (await poller.get(sub.job_group_id)).id == sub.job_group_id
             return poller
 
@@ -185,7 +185,9 @@ def test_an_ask_arriving_while_a_batch_is_on_the_wire_is_answered(tmp_path: Path
                 )
                 assert sub.job_group_id is not None
                 ids.append(sub.job_group_id)
-            poller = StatusPoller(client, PollGate(1000.0), window=0.01)
+            poller = StatusPoller(
+                client, Pacer(1, 0.001, sleep=asyncio.sleep, margin=0.0), window=0.01
+            )
             first = [asyncio.ensure_future(poller.get(i)) for i in ids[:2]]
             await asyncio.sleep(0.1)  # the first batch has left its window and is on the wire
             late = asyncio.ensure_future(poller.get(ids[2]))

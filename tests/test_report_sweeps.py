@@ -30,9 +30,9 @@ from sweeper.config import SweepConfig, load_config
 from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
+from sweeper.journal import RunEvent, RunSummary
 from sweeper.ledger import Ledger, read_ledger
 from sweeper.report import Report, build_report, render, report_dict, write_html
-from sweeper.runner import RunEvent, RunSummary
 from tests.reliab_support import run_library
 
 # 4 Regions x 2 types = 8 combinations; fast lifecycle, polling and pacing.

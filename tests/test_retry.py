@@ -1,22 +1,20 @@
-"""Retry classification end to end (client + call_with_retry), pacing, budget, breaker, polling."""
+"""Retry: classification end to end (client + call_with_retry), waits, budget, breaker, Retry-After.
+
+Pacing (``Pacer``, poll schedule) is tested in test_pacing.py, stopping in test_stopping.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import heapq
 import itertools
-import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
 import httpx
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from sweeper.client import DataprepClient
+from sweeper.client import DataprepClient, Submission
 from sweeper.config import RetrySettings
 from sweeper.errors import (
     ApiConnectionError,
@@ -29,19 +27,14 @@ from sweeper.errors import (
 )
 from sweeper.retry import (
     CircuitBreaker,
-    PollGate,
-    RateLimiter,
     RetryBudget,
     RetryBudgetExhaustedError,
-    RetryPolicy,
     call_with_retry,
     parse_retry_after,
-    poll_delays,
 )
 
 BODY = {"wrangledDataset": {"id": 33}}
-CREATED = {"id": 9, "sessionId": "s-1", "jobs": {"data": [{"id": 21}, {"id": 22}]}}
-POLICY = RetryPolicy(attempts=3, max_wait=60.0, total=600.0)
+SETTINGS = RetrySettings(attempts=3, max_wait=60.0, total=600.0)
 
 
 class Recorder:
@@ -52,6 +45,24 @@ class Recorder:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+
+
+class FakeClock:
+    """A clock that only moves when its ``sleep`` is awaited (or ``advance`` is called)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
 
 
 def _http_date(seconds_ahead: float) -> str:
@@ -78,20 +89,25 @@ def _fail(kind: str) -> Callable[[httpx.Request], httpx.Response]:
 
 
 def _backoff_bounds(n: int) -> tuple[float, float]:
-    return 0.0, min(POLICY.max_wait, POLICY.base * 2 ** (n - 1))
+    """Full jitter: the n-th wait is anywhere in [0, min(max_wait, 2**(n-1))]."""
+    return 0.0, min(SETTINGS.max_wait, 2.0 ** (n - 1))
 
 
+BACKOFF = [_backoff_bounds(1), _backoff_bounds(2)]
 CASES = [
     # kind, error class, POSTs, bounds of each requested delay
-    ("connect", ApiConnectionError, 3, [_backoff_bounds(1), _backoff_bounds(2)]),
-    ("429_x", RateLimitedError, 3, [(7.0, 8.0), (7.0, 8.0)]),
+    ("connect", ApiConnectionError, 3, BACKOFF),
+    ("429_x", RateLimitedError, 3, [(7.0, 8.0), (7.0, 8.0)]),  # Retry-After + up to 1 s jitter
     ("429_date", RateLimitedError, 3, [(28.0, 31.0), (28.0, 31.0)]),
-    ("503", RateLimitedError, 3, [_backoff_bounds(1), _backoff_bounds(2)]),
-    ("500", ApiInDoubtError, 3, [_backoff_bounds(1), _backoff_bounds(2)]),
-    ("read_timeout", ApiInDoubtError, 3, [_backoff_bounds(1), _backoff_bounds(2)]),
-    ("protocol", ApiInDoubtError, 3, [_backoff_bounds(1), _backoff_bounds(2)]),
+    ("503", RateLimitedError, 3, BACKOFF),
+    ("500", ApiInDoubtError, 3, BACKOFF),
+    ("502", ApiInDoubtError, 3, BACKOFF),
+    ("read_timeout", ApiInDoubtError, 3, BACKOFF),
+    ("protocol", ApiInDoubtError, 3, BACKOFF),
     ("400", ApiRejectedError, 1, []),
+    ("404", ApiRejectedError, 1, []),
     ("401", AuthError, 1, []),
+    ("403", AuthError, 1, []),
 ]
 
 
@@ -109,20 +125,23 @@ def test_classification_posts_and_delays(
     sleep = Recorder()
     retries: list[tuple[int, str, float]] = []
 
+    def on_retry(n: int, error: ApiError, delay: float) -> None:
+        retries.append((n, type(error).__name__, delay))
+
     async def go() -> None:
         transport = httpx.MockTransport(handler)
         async with DataprepClient("http://api.test", transport=transport) as client:
-            await call_with_retry(
-                lambda: client.create_job_group(BODY, execution_id="swp-same"),
-                POLICY,
-                sleep=sleep,
-                on_retry=lambda n, e, d: retries.append((n, type(e).__name__, d)),
-            )
 
-    with pytest.raises(cls):
+            async def post() -> Submission:
+                return await client.create_job_group(BODY, execution_id="swp-same")
+
+            await call_with_retry(post, SETTINGS, sleep=sleep, on_retry=on_retry)
+
+    with pytest.raises(cls) as info:
         asyncio.run(go())
+    assert type(info.value) is cls  # raised unchanged, not wrapped
     assert len(execution_ids) == posts
-    assert set(execution_ids) == {"swp-same"}
+    assert set(execution_ids) == {"swp-same"}  # every resend reuses the execution id
     assert len(sleep.delays) == len(bounds)
     for delay, (low, high) in zip(sleep.delays, bounds, strict=True):
         assert low <= delay <= high
@@ -141,16 +160,33 @@ def test_recovers_after_transient_failures_and_304_is_a_result() -> None:
 
     sleep = Recorder()
 
-    async def go() -> Any:
+    async def go() -> Submission:
         async with DataprepClient("http://a.test", transport=httpx.MockTransport(handler)) as c:
-            return await call_with_retry(
-                lambda: c.create_job_group(BODY, execution_id="swp-x"), POLICY, sleep=sleep
-            )
+
+            async def post() -> Submission:
+                return await c.create_job_group(BODY, execution_id="swp-x")
+
+            return await call_with_retry(post, SETTINGS, sleep=sleep)
 
     sub = asyncio.run(go())
+    assert isinstance(sub, Submission)
     assert sub.status_code == 304 and sub.job_group_id is None
     assert seen == ["swp-x"] * 3
     assert len(sleep.delays) == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="retry.py: call_with_retry is typed Callable[[], Awaitable[T]], but tenacity awaits fn "
+    "only when it is a coroutine function; a lambda returning a coroutine gets the coroutine "
+    "back unawaited as the result (nothing sent, nothing retried).",
+)
+def test_accepts_any_callable_returning_an_awaitable() -> None:
+    fn = Failing(ApiInDoubtError("500", status_code=500))
+    sleep = Recorder()
+    result = asyncio.run(call_with_retry(lambda: fn(), SETTINGS, sleep=sleep))
+    assert result == "ok"
+    assert fn.calls == 2 and len(sleep.delays) == 1
 
 
 class Failing:
@@ -167,206 +203,285 @@ class Failing:
         return "ok"
 
 
-def test_max_wait_caps_a_long_retry_after() -> None:
-    fn = Failing(RateLimitedError("429", retry_after=100.0, status_code=429))
+def _limited(retry_after: float | None = None) -> RateLimitedError:
+    return RateLimitedError("429", retry_after=retry_after, status_code=429)
+
+
+def test_success_first_time_does_not_sleep() -> None:
+    fn = Failing()
     sleep = Recorder()
-    policy = RetryPolicy(attempts=3, max_wait=10.0, total=600.0)
-    assert asyncio.run(call_with_retry(fn, policy, sleep=sleep)) == "ok"
+    assert asyncio.run(call_with_retry(fn, SETTINGS, sleep=sleep)) == "ok"
+    assert fn.calls == 1 and sleep.delays == []
+
+
+def test_max_wait_caps_a_long_retry_after() -> None:
+    fn = Failing(_limited(100.0))
+    sleep = Recorder()
+    settings = RetrySettings(attempts=3, max_wait=10.0, total=600.0)
+    assert asyncio.run(call_with_retry(fn, settings, sleep=sleep)) == "ok"
     assert sleep.delays == [10.0]
 
 
-def test_total_wait_bound_stops_before_exceeding() -> None:
-    errors = [RateLimitedError("429", retry_after=100.0, status_code=429) for _ in range(5)]
-    fn = Failing(*errors)
+def test_max_wait_caps_exponential_backoff() -> None:
+    fn = Failing(*(ApiInDoubtError("500", status_code=500) for _ in range(9)))
     sleep = Recorder()
-    policy = RetryPolicy(attempts=6, max_wait=300.0, total=250.0)
+    settings = RetrySettings(attempts=10, max_wait=3.0, total=10_000.0)
+    assert asyncio.run(call_with_retry(fn, settings, sleep=sleep)) == "ok"
+    assert len(sleep.delays) == 9
+    assert all(0.0 <= d <= 3.0 for d in sleep.delays)
+
+
+def test_total_stops_before_a_wait_longer_than_the_total() -> None:
+    fn = Failing(_limited(100.0))
+    sleep = Recorder()
+    settings = RetrySettings(attempts=6, max_wait=300.0, total=50.0)
     with pytest.raises(RateLimitedError):
-        asyncio.run(call_with_retry(fn, policy, sleep=sleep))
+        asyncio.run(call_with_retry(fn, settings, sleep=sleep))
+    assert fn.calls == 1 and sleep.delays == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="retry.py: settings.total is checked by tenacity's stop_before_delay against real "
+    "time.monotonic() since the first attempt, not against the waits requested of the injected "
+    "sleep, so the waits of one request are not bounded by total when sleep is not wall time.",
+)
+def test_total_wait_bound_stops_before_exceeding() -> None:
+    fn = Failing(*(_limited(100.0) for _ in range(10)))
+    sleep = Recorder()
+    settings = RetrySettings(attempts=6, max_wait=300.0, total=250.0)
+    with pytest.raises(RateLimitedError):
+        asyncio.run(call_with_retry(fn, settings, sleep=sleep))
+    assert sum(sleep.delays) <= 250.0
     assert fn.calls == 3  # waits ~100 + ~100 fit in 250; a third would not
     assert len(sleep.delays) == 2
-    assert sum(sleep.delays) <= 250.0
+
+
+def test_attempts_bound_raises_the_last_error() -> None:
+    errors = [ApiInDoubtError(f"e{i}", status_code=500) for i in range(5)]
+    fn = Failing(*errors)
+    with pytest.raises(ApiInDoubtError) as info:
+        asyncio.run(call_with_retry(fn, SETTINGS, sleep=Recorder()))
+    assert fn.calls == 3
+    assert info.value is errors[2]
 
 
 def test_budget_exhaustion_stops_retrying_and_says_so() -> None:
     budget = RetryBudget(ratio=0.0, minimum=1)
     sleep = Recorder()
     first = Failing(ApiInDoubtError("e1", status_code=500))
-    assert asyncio.run(call_with_retry(first, POLICY, budget=budget, sleep=sleep)) == "ok"
+    assert asyncio.run(call_with_retry(first, SETTINGS, budget=budget, sleep=sleep)) == "ok"
     assert first.calls == 2  # the budget's one retry
+    assert not budget.exhausted
     second = Failing(ApiInDoubtError("e3", status_code=502))
     with pytest.raises(RetryBudgetExhaustedError) as info:
-        asyncio.run(call_with_retry(second, POLICY, budget=budget, sleep=sleep))
+        asyncio.run(call_with_retry(second, SETTINGS, budget=budget, sleep=sleep))
     assert second.calls == 1
     assert isinstance(info.value, RunAbortedError)
     assert isinstance(info.value.error, ApiInDoubtError)
+    assert info.value.__cause__ is info.value.error
     assert "retry budget ran out" in str(info.value)
-    assert budget.requests == 2 and budget.retries == 1
+    assert budget.requests == 2 and budget.retries == 1 and budget.exhausted
+    assert len(sleep.delays) == 1
+
+
+def test_budget_is_not_charged_when_attempts_already_stop() -> None:
+    budget = RetryBudget(ratio=0.0, minimum=5)
+    fn = Failing(*(ApiInDoubtError("e", status_code=500) for _ in range(3)))
+    with pytest.raises(ApiInDoubtError):
+        asyncio.run(call_with_retry(fn, SETTINGS, budget=budget, sleep=Recorder()))
+    assert budget.retries == 2  # the two retries made; the third stop is the attempts bound
+    assert not budget.exhausted
 
 
 def test_budget_ratio() -> None:
     budget = RetryBudget(ratio=0.5, minimum=0)
     assert not budget.try_spend()
-    for _ in range(4):
-        budget.record_request()
+    assert budget.retries == 0  # a refused spend takes nothing
+    for _ in range(4):  # every call_with_retry counts one request
+        assert asyncio.run(call_with_retry(Failing(), SETTINGS, budget=budget, sleep=Recorder()))
+    assert budget.requests == 4
     assert [budget.try_spend() for _ in range(3)] == [True, True, False]
+    assert budget.retries == 2
 
 
-def test_permanent_and_auth_are_never_retried() -> None:
-    for err in (ApiRejectedError("400", status_code=400), AuthError("401", status_code=401)):
-        fn = Failing(err)
-        with pytest.raises(type(err)):
-            asyncio.run(call_with_retry(fn, POLICY, sleep=Recorder()))
-        assert fn.calls == 1
+def test_budget_minimum_allows_retries_before_any_request() -> None:
+    budget = RetryBudget(ratio=0.2, minimum=3)
+    assert [budget.try_spend() for _ in range(4)] == [True, True, True, False]
 
 
-class FakeTime:
-    """Discrete-event fake clock: ``sleep`` parks a task until ``run`` advances time to it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._timers: list[tuple[float, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
-        self.ticks = 0  # progress marker: bumped whenever a task reads the clock or sleeps
-
-    def clock(self) -> float:
-        self.ticks += 1
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.ticks += 1
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._timers, (self.now + max(0.0, delay), next(self._seq), fut))
-        await fut
-
-    async def run(self, *coros: Awaitable[Any]) -> list[Any]:
-        tasks = [asyncio.ensure_future(c) for c in coros]
-        while True:
-            quiet = 0
-            while quiet < 10:  # let every runnable task reach its next sleep
-                before = (self.ticks, sum(t.done() for t in tasks))
-                await asyncio.sleep(0)
-                quiet = quiet + 1 if before == (self.ticks, sum(t.done() for t in tasks)) else 0
-            if all(t.done() for t in tasks):
-                return [t.result() for t in tasks]
-            if not self._timers:
-                raise AssertionError("deadlock: tasks waiting with no timer pending")
-            when, _, fut = heapq.heappop(self._timers)
-            self.now = max(self.now, when)
-            fut.set_result(None)
+def test_permanent_error_after_exhaustion_is_raised_unchanged() -> None:
+    budget = RetryBudget(ratio=0.0, minimum=0)
+    with pytest.raises(RetryBudgetExhaustedError):
+        asyncio.run(
+            call_with_retry(
+                Failing(ApiInDoubtError("e", status_code=500)),
+                SETTINGS,
+                budget=budget,
+                sleep=Recorder(),
+            )
+        )
+    rejected = Failing(ApiRejectedError("400", status_code=400))
+    with pytest.raises(ApiRejectedError):
+        asyncio.run(call_with_retry(rejected, SETTINGS, budget=budget, sleep=Recorder()))
 
 
-def _limited(count: int, per: float, arrivals: list[float], margin: float = 0.0) -> list[float]:
-    ft = FakeTime()
-    limiter = RateLimiter(count, per, margin=margin, clock=ft.clock, sleep=ft.sleep)
-    grants: list[float] = []
-
-    async def one(at: float) -> None:
-        await ft.sleep(at)
-        await limiter.acquire()
-        grants.append(ft.now)
-
-    async def go() -> None:
-        await ft.run(*(one(a) for a in arrivals))
-
-    asyncio.run(go())
-    return grants
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    count=st.integers(min_value=1, max_value=6),
-    per_seconds=st.sampled_from([0.5, 1.0, 60.0]),
-    margin=st.sampled_from([0.0, 0.01]),
-    arrivals=st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), max_size=25),
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiRejectedError("400", status_code=400),
+        ApiRejectedError("409", status_code=409),
+        AuthError("401", status_code=401),
+        AuthError("403", status_code=403),
+    ],
 )
-def test_rate_limiter_window_property_and_full_rate(
-    count: int, per_seconds: float, margin: float, arrivals: list[float]
-) -> None:
-    grants = _limited(count, per_seconds, arrivals, margin)
-    per = per_seconds * (1 + margin)  # the window the limiter keeps
-    assert len(grants) == len(arrivals)
-    # Window property: any count+1 consecutive grants span at least per seconds.
-    for i in range(len(grants) - count):
-        assert grants[i + count] - grants[i] >= per - 1e-6
-    # No wasted time: FIFO, each grant as early as the window allows.
-    expected: list[float] = []
-    for i, at in enumerate(sorted(arrivals)):
-        g = max(at, expected[-1] if expected else 0.0)
-        if i >= count:
-            g = max(g, expected[i - count] + per)
-        expected.append(g)
-    assert grants == pytest.approx(expected, abs=1e-6)
+def test_permanent_and_auth_are_never_retried(error: ApiError) -> None:
+    budget = RetryBudget(ratio=0.0, minimum=5)
+    fn = Failing(error)
+    sleep = Recorder()
+    retried: list[int] = []
+    with pytest.raises(type(error)) as info:
+        asyncio.run(
+            call_with_retry(
+                fn,
+                SETTINGS,
+                sleep=sleep,
+                budget=budget,
+                on_retry=lambda n, e, d: retried.append(n),
+            )
+        )
+    assert info.value is error
+    assert fn.calls == 1 and sleep.delays == [] and retried == []
+    assert budget.retries == 0 and not budget.exhausted
 
 
-def test_rate_limiter_saturated_achieves_the_rate() -> None:
-    grants = _limited(25, 60.0, [0.0] * 100)
-    assert grants[:25] == [0.0] * 25
-    assert grants[25] == pytest.approx(60.0) and grants[-1] == pytest.approx(180.0)
+def test_non_api_errors_propagate_without_retry() -> None:
+    calls = 0
+
+    async def boom() -> str:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(call_with_retry(boom, SETTINGS, sleep=Recorder()))
+    assert calls == 1
 
 
-def test_rate_limiter_margin_stretches_each_window() -> None:
-    grants = _limited(25, 60.0, [0.0] * 50, margin=0.01)
-    assert grants[:25] == [0.0] * 25
-    assert grants[25:] == pytest.approx([60.6] * 25)
+# ---------------------------------------------------------------- circuit breaker
 
 
-def test_poll_gate_spaces_requests() -> None:
-    ft = FakeTime()
-    gate = PollGate(5.0, clock=ft.clock, sleep=ft.sleep)
-    times: list[float] = []
+def _refusal(code: int = 429) -> ApiError:
+    if code in (429, 503):
+        return RateLimitedError(str(code), status_code=code)
+    return ApiInDoubtError(str(code), status_code=code)
 
-    async def one() -> None:
-        await gate.acquire()
-        times.append(ft.now)
+
+def test_breaker_closed_does_not_wait() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(3, 60.0, 3, clock=clock)
+    asyncio.run(breaker.wait(clock.sleep))
+    assert clock.slept == []
+
+
+def test_breaker_threshold_refusals_in_a_row_pause() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(3, 60.0, 5, clock=clock, on_open=opened.append)
+    breaker.record(_refusal(429))
+    breaker.record(_refusal(503))
+    asyncio.run(breaker.wait(clock.sleep))
+    assert clock.slept == [] and opened == []  # two in a row: still closed
+    breaker.record(_refusal(500))  # any 5xx counts
+    assert opened == [60.0] and breaker.opens == 1
+    clock.advance(20.0)
+    asyncio.run(breaker.wait(clock.sleep))
+    assert clock.slept == [pytest.approx(40.0)]  # sleeps out the rest of the pause
+    assert clock.now == pytest.approx(60.0)
+    asyncio.run(breaker.wait(clock.sleep))  # the pause is over: no more waiting
+    assert len(clock.slept) == 1
+
+
+def test_breaker_success_resets_the_count() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(3, 60.0, 5, clock=clock, on_open=opened.append)
+    for _ in range(3):
+        breaker.record(_refusal())
+        breaker.record(_refusal())
+        breaker.record(None)
+    asyncio.run(breaker.wait(clock.sleep))
+    assert opened == [] and clock.slept == [] and breaker.opens == 0
+    for _ in range(3):
+        breaker.record(_refusal())
+    assert opened == [60.0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiRejectedError("400", status_code=400),
+        ApiConnectionError("connect refused"),
+        ApiInDoubtError("read timeout"),  # no answer at all: not the platform refusing
+    ],
+)
+def test_breaker_other_errors_are_not_refusals(error: ApiError) -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(3, 60.0, 5, clock=clock, on_open=opened.append)
+    for _ in range(3):
+        breaker.record(_refusal())
+        breaker.record(_refusal())
+        breaker.record(error)  # breaks the run of refusals
+    asyncio.run(breaker.wait(clock.sleep))
+    assert opened == [] and clock.slept == [] and breaker.opens == 0
+
+
+def test_breaker_max_opens_th_opening_aborts_the_run() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(2, 30.0, 3, clock=clock, on_open=opened.append)
 
     async def go() -> None:
-        await ft.run(*(one() for _ in range(6)))
+        for n in (1, 2):
+            breaker.record(_refusal())
+            breaker.record(_refusal())
+            assert opened == [30.0] * n
+            await breaker.wait(clock.sleep)  # a pause, not an abort
+            assert clock.now == pytest.approx(30.0 * n)
+        breaker.record(_refusal())
+        breaker.record(_refusal())  # the third opening ends the run
+        with pytest.raises(RunAbortedError, match="resume"):
+            await breaker.wait(clock.sleep)
+        assert opened == [30.0, 30.0]  # the aborting opening is not announced as a pause
+        assert clock.slept == [pytest.approx(30.0)] * 2
+        with pytest.raises(RunAbortedError):  # and stays tripped
+            await breaker.wait(clock.sleep)
 
     asyncio.run(go())
-    assert times == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
 
 
-def test_breaker_opens_pauses_half_opens_and_aborts() -> None:
-    ft = FakeTime()
+def test_breaker_max_opens_one_aborts_on_the_first_opening() -> None:
+    clock = FakeClock()
     opened: list[float] = []
-    breaker = CircuitBreaker(2, 60.0, 3, clock=ft.clock, sleep=ft.sleep, on_open=opened.append)
-
-    async def go() -> None:
-        await breaker.wait_if_open()  # closed: no wait
-        assert ft.now == 0.0
-        breaker.record(False)
-        breaker.record(True)  # a success resets the consecutive count
-        breaker.record(False)
-        assert breaker.state == "closed"
-        breaker.record(False)
-        assert breaker.state == "open" and opened == [60.0]
-        await breaker.wait_if_open()
-        assert ft.now == pytest.approx(60.0) and breaker.state == "half_open"
-        breaker.record(True)
-        assert breaker.state == "closed"
-        breaker.record(False)
-        breaker.record(False)
-        assert opened == [60.0, 60.0]
-        await breaker.wait_if_open()
-        breaker.record(False)  # a failed probe in half-open: third opening ends the run
-        with pytest.raises(RunAbortedError, match="resume"):
-            await breaker.wait_if_open()
-        assert opened == [60.0, 60.0]  # the aborting opening is not announced as a pause
-
-    async def main() -> None:
-        await ft.run(go())
-
-    asyncio.run(main())
+    breaker = CircuitBreaker(1, 30.0, 1, clock=clock, on_open=opened.append)
+    breaker.record(_refusal())
+    with pytest.raises(RunAbortedError):
+        asyncio.run(breaker.wait(clock.sleep))
+    assert opened == [] and clock.slept == []
 
 
-def test_breaker_inside_call_with_retry_pauses_between_attempts() -> None:
-    sleep = Recorder()
-    breaker = CircuitBreaker(2, 60.0, 5, clock=lambda: 0.0, sleep=sleep)
-    fn = Failing(*(RateLimitedError("503", status_code=503) for _ in range(2)))
-    policy = RetryPolicy(attempts=5, max_wait=1.0, total=100.0)
-    assert asyncio.run(call_with_retry(fn, policy, breaker=breaker, sleep=sleep)) == "ok"
-    assert 60.0 in sleep.delays  # the breaker's pause happened before the third attempt
-    assert breaker.state == "closed" and breaker.opens == 1
+def test_breaker_refusals_during_a_pause_do_not_open_it_again() -> None:
+    clock = FakeClock()
+    opened: list[float] = []
+    breaker = CircuitBreaker(2, 60.0, 3, clock=clock, on_open=opened.append)
+    for _ in range(6):  # e.g. six concurrent requests all answered 429 at the same moment
+        breaker.record(_refusal())
+    asyncio.run(breaker.wait(clock.sleep))  # expected: one pause, not an abort
+    assert opened == [60.0]
+
+
+# ---------------------------------------------------------------- Retry-After
 
 
 @pytest.mark.parametrize(
@@ -376,16 +491,24 @@ def test_breaker_inside_call_with_retry_pauses_between_attempts() -> None:
         (" 12 ", 12.0),
         ("1.5", 1.5),
         ("0", 0.0),
+        ("300", 300.0),
         ("100000", 300.0),
         ("-1", None),
         ("soon", None),
         ("", None),
+        ("   ", None),
         (None, None),
         ("nan", None),
+        ("inf", None),
     ],
 )
 def test_parse_retry_after_values(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
+
+
+def test_parse_retry_after_cap() -> None:
+    assert parse_retry_after("100", cap=30.0) == 30.0
+    assert parse_retry_after("10", cap=30.0) == 10.0
 
 
 def test_parse_retry_after_http_date() -> None:
@@ -393,25 +516,10 @@ def test_parse_retry_after_http_date() -> None:
     assert parse_retry_after(email.utils.formatdate(now + 42, usegmt=True), now=now) == 42.0
     assert parse_retry_after(email.utils.formatdate(now - 42, usegmt=True), now=now) == 0.0
     assert parse_retry_after(email.utils.formatdate(now + 4200, usegmt=True), now=now) == 300.0
+    # An RFC 850 date, which RFC 9110 recipients must also accept.
+    assert parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now=784111777.0 - 10) == 10.0
 
 
-def test_policy_from_settings() -> None:
-    policy = RetryPolicy.from_settings(RetrySettings(attempts=4, max_wait=30.0, total=90.0))
-    assert policy == RetryPolicy(attempts=4, max_wait=30.0, total=90.0, base=1.0)
-
-
-@pytest.mark.parametrize("seed", range(50))
-def test_poll_schedule_one_hour_job_takes_at_most_20_polls(seed: int) -> None:
-    polls, elapsed = 0, 0.0
-    for delay in poll_delays(2.0, 600.0, rng=random.Random(seed)):
-        assert 0 < delay <= 600.0
-        polls += 1
-        elapsed += delay
-        if elapsed >= 3600:
-            break
-    assert polls <= 20
-
-
-def test_poll_schedule_grows_geometrically_without_jitter() -> None:
-    delays = list(itertools.islice(poll_delays(2.0, 10.0, jitter=0.0), 6))
-    assert delays == pytest.approx([2.0, 3.0, 4.5, 6.75, 10.0, 10.0])
+def test_parse_retry_after_rejects_a_date_without_a_zone() -> None:
+    assert parse_retry_after("Tue, 14 Nov 2023 22:13:20 -0000", now=1_700_000_000.0) is None
+    assert parse_retry_after("Tue, 14 Nov 2023 99:99:99 GMT", now=1_700_000_000.0) is None

@@ -10,8 +10,9 @@ import httpx
 import pytest
 
 from sweeper.emulator import FaultSettings
+from sweeper.journal import RunEvent
 from sweeper.ledger import Event, read_ledger
-from sweeper.runner import Interrupt, RunEvent
+from sweeper.stopping import StopController
 from tests.reliab_support import emulator_app, oracle, run_library, write_sweep
 
 SIX = """
@@ -55,7 +56,7 @@ def test_intent_row_is_on_disk_before_every_post(project: Path) -> None:
 
 
 def test_each_submitted_row_is_on_disk_before_the_next_post(project: Path) -> None:
-    """The runner does not wait for `submitted`, yet with one worker it precedes the next POST."""
+    """Every row is on disk before the runner goes on, so `submitted` precedes the next POST."""
     app = emulator_app(project / "emu")
     asgi = httpx.ASGITransport(app=app)
     ledger = project / "results" / "s.csv"
@@ -72,7 +73,8 @@ def test_each_submitted_row_is_on_disk_before_the_next_post(project: Path) -> No
 
     config = _sweep(project, run={"concurrency": 1})
     summary, _ = run_library(config, httpx.MockTransport(handler), wait=False)
-    assert summary.exit_code == 0 and len(created) == 6
+    # Not waiting: the groups are still running, which the exit code says (3).
+    assert summary.exit_code == 3 and summary.running == 6 and len(created) == 6
     rows = read_ledger(ledger)
     assert Counter(r.event for r in rows) == {Event.INTENT: 6, Event.SUBMITTED: 6}
 
@@ -178,19 +180,17 @@ def test_rerun_failed_is_a_new_generation_with_its_own_execution_id(project: Pat
 def test_second_signal_cancels_running_groups_and_records_it(project: Path) -> None:
     app = emulator_app(project / "emu", faults=FaultSettings(slow_factor=1000.0))
     config = _sweep(project)
-    interrupt = Interrupt()
+    stop = StopController()
     submitted: list[RunEvent] = []
 
     def on_event(event: RunEvent) -> None:
         if event.kind == "submitted":
             submitted.append(event)
             if len(submitted) == 3:
-                interrupt.signal()
-                interrupt.signal()
+                stop.interrupt()
+                stop.interrupt()
 
-    summary, _ = run_library(
-        config, httpx.ASGITransport(app=app), interrupt=interrupt, on_event=on_event
-    )
+    summary, _ = run_library(config, httpx.ASGITransport(app=app), stop=stop, on_event=on_event)
     assert summary.exit_code == 1 and summary.interrupted
     rows = read_ledger(project / "results" / "s.csv")
     canceled = [r for r in rows if r.event is Event.CANCELED]
@@ -206,15 +206,13 @@ def test_first_signal_stops_submitting_and_keeps_groups_running(
 ) -> None:
     app = emulator_app(project / "emu", faults=FaultSettings(slow_factor=1000.0))
     config = _sweep(project, run={"concurrency": 1})
-    interrupt = Interrupt(cancel_on_interrupt=cancel)
+    stop = StopController(cancel_on_interrupt=cancel)
 
     def on_event(event: RunEvent) -> None:
         if event.kind == "submitted":
-            interrupt.signal()
+            stop.interrupt()
 
-    summary, _ = run_library(
-        config, httpx.ASGITransport(app=app), interrupt=interrupt, on_event=on_event
-    )
+    summary, _ = run_library(config, httpx.ASGITransport(app=app), stop=stop, on_event=on_event)
     assert summary.exit_code == 1
     groups = oracle(app, "jobGroups")
     assert len(groups) == 1
@@ -266,12 +264,3 @@ def test_cli_says_paused_on_stderr_and_exits_1_when_the_storm_does_not_pass(
     assert result.exit_code == 1, result.output + result.stderr
     assert "PAUSED" in result.stderr
     assert "circuit breaker" in result.output and "resume" in result.output
-
-
-def test_every_ledger_state_has_a_summary_bucket() -> None:
-    """The run summary and `sweeper status`/`report` classify rows with one vocabulary."""
-    from sweeper.ledger import STATES
-    from sweeper.runner import SUMMARY_BUCKET, classify
-
-    assert set(SUMMARY_BUCKET) == set(STATES)
-    assert classify(None) == "pending"

@@ -55,7 +55,8 @@ def test_status_brings_a_no_wait_run_to_completion(
         submitted = cli_runner.invoke(
             cli, ["run", str(config), "--run-id", "n1", "--no-wait", "--json"]
         )
-        assert submitted.exit_code == 0, submitted.output + submitted.stderr
+        # Still running when --no-wait returns: exit 3, as the README says.
+        assert submitted.exit_code == 3, submitted.output + submitted.stderr
         summary = json.loads(submitted.stdout)
         assert (summary["submitted"], summary["running"], summary["wait"]) == (8, 8, False)
         assert not [r for r in _rows(ledger) if r["event"] == "finished"]

@@ -1,0 +1,155 @@
+"""What a run writes and tells: its ledger rows, its progress events, and its summary.
+
+The submitter and the waiter share one ``Journal``: it builds each ledger row from the planned
+combination, appends it (written and fsynced before the caller goes on), and emits a
+``RunEvent`` for whoever shows progress.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeper.config import SweepConfig
+from sweeper.errors import ExitCode, exit_code_for
+from sweeper.ledger import Event, Ledger, LedgerRow, utc_timestamp
+from sweeper.plan import PlannedCombination
+from sweeper.state import State
+
+
+class EventKind(str, enum.Enum):
+    """What a progress event is about."""
+
+    PLAN = "plan"
+    SKIP = "skip"
+    WAIT = "wait"
+    SETTLE = "settle"
+    SUBMIT = "submit"
+    SUBMITTED = "submitted"
+    DUPLICATE = "duplicate"
+    RECONCILED = "reconciled"
+    REJECTED = "rejected"
+    RETRY = "retry"
+    IN_DOUBT = "in_doubt"
+    NOT_SENT = "not_sent"
+    PAUSED = "paused"
+    FINISHED = "finished"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One line of progress; the CLI decides how (and whether) to show it."""
+
+    kind: EventKind
+    message: str
+    item: PlannedCombination | None = None
+
+
+@dataclass
+class RunSummary:
+    """What a run did and where every combination in scope stands at its end."""
+
+    sweep: str
+    run_id: str
+    as_of: str
+    ledger: str
+    wait: bool = True
+    planned: int = 0
+    skipped: int = 0
+    posts: int = 0  # POST attempts sent
+    submitted: int = 0  # 201s
+    duplicates: int = 0  # 304s
+    rate_limited: int = 0  # 429/503 answers
+    retries: int = 0
+    # Where each combination in scope stands at the end, counted by State value.
+    states: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in State})
+    interrupted: bool = False
+    timed_out: bool = False
+    aborted: str = ""  # why the run stopped itself, if it did
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (combination, error)
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.interrupted or bool(self.aborted)
+
+    def count(self, *states: State) -> int:
+        return sum(self.states[s.value] for s in states)
+
+    @property
+    def succeeded(self) -> int:
+        return self.count(State.SUCCEEDED)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for s, n in self.states.items() if State(s).is_failure)
+
+    @property
+    def in_doubt(self) -> int:
+        return self.count(State.IN_DOUBT)
+
+    @property
+    def running(self) -> int:
+        return sum(n for s, n in self.states.items() if State(s).is_open)
+
+    @property
+    def not_sent(self) -> int:
+        return self.count(State.NOT_SENT)
+
+    @property
+    def pending(self) -> int:
+        return self.count(State.PENDING)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code_for(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        for bucket in ("succeeded", "failed", "in_doubt", "running", "not_sent", "pending"):
+            data[bucket] = getattr(self, bucket)
+        data["failures"] = [{"combination": c, "error": e} for c, e in self.failures]
+        data["exit_code"] = int(self.exit_code)
+        return data
+
+
+class Journal:
+    """Rows and events of one run, for one sweep, run id and config."""
+
+    def __init__(
+        self,
+        config: SweepConfig,
+        ledger: Ledger,
+        summary: RunSummary,
+        on_event: Callable[[RunEvent], None],
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.summary = summary
+        self._on_event = on_event
+
+    def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
+        """Append one row for ``item``; it is on disk (fsynced) when this returns."""
+        fields.setdefault("reason", item.reason)
+        row = LedgerRow(
+            ts=utc_timestamp(),
+            sweep=self.config.sweep.name,
+            run_id=self.summary.run_id,
+            combo_id=item.combo.combo_id,
+            event=event,
+            generation=item.generation,
+            execution_id=item.execution_id,
+            params=item.combo.params,
+            config_hash=self.config.config_hash,
+            as_of=self.summary.as_of,
+            **fields,
+        )
+        self.ledger.append(row)
+        return row
+
+    def emit(self, kind: EventKind, message: str, item: PlannedCombination | None = None) -> None:
+        self._on_event(RunEvent(kind, message, item))

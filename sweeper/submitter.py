@@ -1,0 +1,303 @@
+"""The submitter: an ``intent`` row, the POST (paced, retried safely), an outcome row.
+
+The order of writes is the safety argument:
+
+1. an ``intent`` row (fsynced) before every POST, carrying the execution id;
+2. the POST, always with that same ``x-execution-id``, so a resend can only ever get 304;
+3. a row for the outcome: ``submitted``, ``duplicate`` / ``reconciled`` (304, looked up),
+   ``rejected``, ``in_doubt`` or ``not_sent``.
+
+A crash between 1 and 3 leaves ``intent`` as the last row; the next run waits ``run.settle``
+after that row (a request sent just before the crash may still be in flight), resends with the
+execution id read back from the ledger, and on 304 looks the group up, so the ledger gets its
+real id. Once any attempt may have reached the server, the combination stays in doubt until a
+lookup settles it: it is never recorded as ``not_sent``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+
+from sweeper.client import DataprepClient, JobGroupState, Submission
+from sweeper.errors import (
+    ApiConnectionError,
+    ApiError,
+    AuthError,
+    FailureClass,
+    RunAbortedError,
+)
+from sweeper.journal import EventKind, Journal
+from sweeper.ledger import Event, LedgerRow, parse_timestamp, state_of
+from sweeper.pacing import Pacer
+from sweeper.plan import Action, PlannedCombination, describe
+from sweeper.retry import CircuitBreaker, RetryBudget, call_with_retry
+from sweeper.state import State
+from sweeper.stopping import StopController, Stopped, StopReason
+
+log = logging.getLogger("sweeper.submitter")
+
+CLOCK_SKEW_S = 60.0  # slack when asking the server for groups created after a moment of ours
+
+
+class Submitter:
+    """Submits planned combinations, one call each; returns the job group to wait on."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        client: DataprepClient,
+        stop: StopController,
+        history: list[LedgerRow],
+    ) -> None:
+        config = journal.config
+        self.journal = journal
+        self.config = config
+        self.client = client
+        self.stop = stop
+        self.pacer = Pacer(config.run.rate.count, config.run.rate.per_seconds, sleep=stop.sleep)
+        self.budget = RetryBudget(config.retry.budget)
+        self.breaker = CircuitBreaker(
+            config.retry.breaker_threshold,
+            config.retry.breaker_pause,
+            config.retry.breaker_max_opens,
+            on_open=self._paused,
+        )
+        # Per execution id: when the ledger first records an attempt (a lookup must reach back to
+        # it), and how many attempts it holds (attempts count within a generation, across resumes).
+        self.first_attempt: dict[str, float] = {}
+        self.attempts: dict[str, int] = {}
+        for row in history:
+            if row.event is Event.INTENT:
+                ts = parse_timestamp(row.ts)
+                if ts is not None:
+                    self.first_attempt.setdefault(row.execution_id, ts)
+                self.attempts[row.execution_id] = max(
+                    row.attempt, self.attempts.get(row.execution_id, 0)
+                )
+
+    def _paused(self, pause: float) -> None:
+        self.journal.emit(
+            EventKind.PAUSED,
+            f"PAUSED: the platform refused {self.config.retry.breaker_threshold} requests in a "
+            f"row (429/5xx); submission pauses for {pause:.0f}s.",
+        )
+
+    async def submit(self, item: PlannedCombination) -> int | None:
+        """Submit ``item``; the id of a job group it now has, or None. Never raises ApiError."""
+        try:
+            await self._settle(item)
+        except Stopped:
+            return None
+        journal, summary = self.journal, self.journal.summary
+        xid = item.execution_id
+        first = self.attempts.get(xid, 0)
+        attempt = first
+        # A resend of something that may already exist stays in doubt whatever happens next.
+        maybe_sent = item.last is not None and state_of(item.last) is State.IN_DOUBT
+        last_error: ApiError | None = None
+
+        async def once() -> Submission:
+            nonlocal attempt, maybe_sent
+            await self.breaker.wait(self.stop.sleep)
+            await self.pacer.acquire()
+            if self.stop.stopped:
+                raise Stopped  # the stop came while we waited for a slot
+            attempt += 1
+            self.attempts[xid] = attempt
+            journal.write(item, Event.INTENT, attempt=attempt)  # on disk before the request
+            summary.posts += 1
+            try:
+                result = await self.client.create_job_group(item.body, execution_id=xid)
+            except ApiError as exc:
+                self.breaker.record(exc)
+                if exc.failure is FailureClass.REJECTED:
+                    summary.rate_limited += 1
+                if exc.failure is FailureClass.IN_DOUBT:
+                    maybe_sent = True
+                raise
+            self.breaker.record(None)
+            return result
+
+        def on_retry(number: int, error: ApiError, delay: float) -> None:
+            nonlocal last_error
+            last_error = error
+            summary.retries += 1
+            if error.failure is FailureClass.IN_DOUBT:
+                journal.write(
+                    item,
+                    Event.IN_DOUBT,
+                    attempt=attempt,
+                    http_status=error.status_code,
+                    error=str(error),
+                    request_id=error.request_id or "",
+                )
+            journal.emit(
+                EventKind.RETRY, f"{describe(item.combo)}: {error} — retrying in {delay:.1f}s", item
+            )
+
+        journal.emit(
+            EventKind.SUBMIT, f"{item.action.value} {describe(item.combo)}: {item.reason}", item
+        )
+        try:
+            sub = await call_with_retry(
+                once,
+                self.config.retry,
+                sleep=self.stop.sleep,
+                budget=self.budget,
+                on_retry=on_retry,
+            )
+        except Stopped:
+            if attempt > first:
+                self._record_failure(
+                    item, last_error, attempt, maybe_sent, note="interrupted before it was resolved"
+                )
+            return None
+        except RunAbortedError as exc:
+            if attempt > first:
+                self._record_failure(item, last_error, attempt, maybe_sent, note=str(exc))
+            self.stop.stop(StopReason.ABORTED, exc)
+            return None
+        except ApiError as exc:
+            self._record_failure(item, exc, attempt, maybe_sent)
+            if isinstance(exc, AuthError):
+                self.stop.stop(StopReason.ABORTED, exc)
+            elif isinstance(exc, ApiConnectionError) and not maybe_sent:
+                # Every retry failed to even connect: the API is unreachable, so the run cannot
+                # go on (exit 1) rather than failing each remaining combination in turn.
+                self.stop.stop(
+                    StopReason.ABORTED,
+                    RunAbortedError(
+                        f"{exc} The API stayed unreachable through every retry, so sweeper "
+                        "stopped submitting; run the same command again to resume."
+                    ),
+                )
+            return None
+        return await self._record_submission(item, sub, attempt)
+
+    async def _settle(self, item: PlannedCombination) -> None:
+        """Before resending after a crash, give a request that may still be in flight time to
+        land, so the server's answer to the resend is the truth."""
+        last_ts = parse_timestamp(item.last.ts) if item.last is not None else None
+        if item.action is not Action.RESEND or last_ts is None:
+            return
+        settle = last_ts + self.config.run.settle - time.time()
+        if settle > 0:
+            self.journal.emit(
+                EventKind.SETTLE, f"waiting {settle:.1f}s for in-flight requests to settle", item
+            )
+            await self.stop.sleep(settle)
+
+    def _record_failure(
+        self,
+        item: PlannedCombination,
+        error: ApiError | None,
+        attempt: int,
+        maybe_sent: bool,
+        note: str = "",
+    ) -> None:
+        text = "; ".join(t for t in (str(error) if error else "", note) if t)
+        failure = error.failure if error else FailureClass.NOT_SENT
+        if maybe_sent or failure is FailureClass.IN_DOUBT:
+            event, kind = Event.IN_DOUBT, EventKind.IN_DOUBT
+        elif failure is FailureClass.PERMANENT:
+            event, kind = Event.REJECTED, EventKind.REJECTED
+        else:  # NOT_SENT, REJECTED (429/503) or AUTH: the server provably did not create it
+            event, kind = Event.NOT_SENT, EventKind.NOT_SENT
+        self.journal.write(
+            item,
+            event,
+            attempt=attempt,
+            http_status=error.status_code if error else None,
+            error=text,
+            request_id=(error.request_id or "") if error else "",
+        )
+        self.journal.emit(
+            kind, f"{describe(item.combo)}: {event.value.replace('_', ' ')}: {text}", item
+        )
+
+    async def _record_submission(
+        self, item: PlannedCombination, sub: Submission, attempt: int
+    ) -> int | None:
+        journal = self.journal
+        common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
+        if sub.job_group_id is not None:
+            journal.summary.submitted += 1
+            journal.write(
+                item,
+                Event.SUBMITTED,
+                job_group_id=sub.job_group_id,
+                session_id=sub.session_id,
+                job_ids=sub.job_ids,
+                status="Created",
+                **common,
+            )
+            journal.emit(
+                EventKind.SUBMITTED,
+                f"submitted {describe(item.combo)}: job group {sub.job_group_id}",
+                item,
+            )
+            return sub.job_group_id
+        # 304: the server already has this execution id. Find the group so the ledger gets its id.
+        journal.summary.duplicates += 1
+        event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
+        found = await self._lookup(item)
+        if found is None:
+            journal.write(
+                item,
+                event,
+                error="the server already has this execution id (304), but no job group "
+                "matched in its listing; check the platform's job history",
+                **common,
+            )
+            journal.emit(
+                EventKind.IN_DOUBT,
+                f"{describe(item.combo)}: exists on the server (304), id unknown",
+                item,
+            )
+            return None
+        journal.write(
+            item,
+            event,
+            job_group_id=found.id,
+            job_ids=tuple(j.id for j in found.jobs),
+            status=found.status,
+            **common,
+        )
+        journal.emit(
+            EventKind(event.value),
+            f"{describe(item.combo)}: already exists as job group {found.id}",
+            item,
+        )
+        return found.id
+
+    def _lookup_since(self, item: PlannedCombination) -> str:
+        """How far back the group of a 304 can have been created, as an ISO timestamp.
+
+        An earlier attempt with this execution id on record bounds it. Without one (the ledger
+        was lost, or the run goes on from another machine) the search reaches back to the start
+        of the run: the run id's date when it is one, else a day before the run's as-of.
+        """
+        first = self.first_attempt.get(item.execution_id)
+        if first is not None:
+            start = datetime.fromtimestamp(first, timezone.utc)
+        else:
+            try:
+                start = datetime.fromisoformat(self.journal.summary.run_id[:10])
+                start = start.replace(tzinfo=timezone.utc)
+            except ValueError:
+                start = datetime.fromisoformat(self.journal.summary.as_of) - timedelta(days=1)
+        return (start - timedelta(seconds=CLOCK_SKEW_S)).isoformat()
+
+    async def _lookup(self, item: PlannedCombination) -> JobGroupState | None:
+        try:
+            return await self.client.find_job_group(
+                dataset_id=self.config.sweep.dataset,
+                run_parameters=item.combo.params,
+                output_paths=item.output_paths,
+                created_after=self._lookup_since(item),
+            )
+        except ApiError as exc:
+            log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
+            return None

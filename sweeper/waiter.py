@@ -1,0 +1,178 @@
+"""The waiter: polls each submitted job group until it ends, and records how it ended.
+
+Each group polls on a backoff schedule aligned to a shared grid, through one ``StatusPoller``
+that batches polls coming due together into one listing. A group that ends gets a ``finished``
+row (with the output check, when ``run.verify_outputs`` asks for it); one still running at
+``run.timeout`` gets ``timed_out``; on a cancel request every group still open is canceled and
+gets ``canceled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sweeper.client import DataprepClient, JobGroupState
+from sweeper.config import SweepConfig
+from sweeper.errors import ApiError, AuthError
+from sweeper.journal import EventKind, Journal
+from sweeper.ledger import Event, parse_timestamp
+from sweeper.outputs import verify_outputs
+from sweeper.pacing import Pacer, aligned_delay, poll_delays
+from sweeper.plan import PlannedCombination, describe
+from sweeper.polling import StatusPoller
+from sweeper.stopping import StopController, Stopped, StopReason
+
+log = logging.getLogger("sweeper.waiter")
+
+
+async def finished_fields(
+    config: SweepConfig,
+    client: DataprepClient,
+    group: JobGroupState,
+    output_paths: Sequence[str],
+) -> dict[str, Any]:
+    """The fields of a ``finished`` row for a group that ended, outputs checked if asked."""
+    outputs_ok, note = "", ""
+    if group.status == "Complete" and config.run.verify_outputs:
+        outputs_ok, note = await verify_outputs(
+            client, group.id, output_paths, created_at=parse_timestamp(group.created_at)
+        )
+    created, updated = parse_timestamp(group.created_at), parse_timestamp(group.updated_at)
+    duration = round(updated - created, 3) if created is not None and updated is not None else None
+    return {
+        "job_group_id": group.id,
+        "job_ids": tuple(j.id for j in group.jobs),
+        "status": group.status,
+        "error": group.error if group.status != "Complete" else note,
+        "duration_s": duration,
+        "outputs_ok": outputs_ok,
+    }
+
+
+class Waiter:
+    """Waits on job groups for one run; ``watch`` starts, ``drain`` waits for them all."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        client: DataprepClient,
+        stop: StopController,
+        *,
+        wait: bool,
+        deadline: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.journal = journal
+        self.config = journal.config
+        self.client = client
+        self.stop = stop
+        self.wait = wait
+        self.deadline = deadline
+        self.clock = clock
+        rate = self.config.run.max_polls_per_second
+        self.poller = StatusPoller(client, Pacer(1, 1.0 / rate, sleep=stop.sleep, margin=0.0))
+        self.open: dict[str, tuple[PlannedCombination, int]] = {}  # combo_id -> (item, group)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def watch(self, item: PlannedCombination, job_group_id: int) -> None:
+        """Remember the group as open and, when the run waits, poll it until it ends."""
+        self.open[item.combo.combo_id] = (item, job_group_id)
+        if self.wait:
+            task = asyncio.create_task(self._poll(item, job_group_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Return when every poll has ended (each ends by itself when the run stops)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def abandon(self) -> None:
+        """Cancel every poll (a poll only reads; the ledger says the group is running)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _poll(self, item: PlannedCombination, job_group_id: int) -> None:
+        group: JobGroupState | None = None
+        run = self.config.run
+        try:
+            for delay in poll_delays(run.poll_interval, run.poll_max_interval):
+                remaining = self.deadline - self.clock()
+                if remaining <= 0:
+                    self.stop.stop(StopReason.TIMED_OUT)
+                    break
+                # Aligned to a shared grid, so groups come due together and share one listing.
+                await self.stop.sleep(min(aligned_delay(delay, time.time()), remaining))
+                try:
+                    group = await self.poller.get(job_group_id)
+                except AuthError as exc:
+                    self.stop.stop(StopReason.ABORTED, exc)
+                    return
+                except ApiError as exc:
+                    log.warning("polling job group %s failed: %s", job_group_id, exc)
+                    continue
+                if group.terminal:
+                    await self.finish(item, group)
+                    return
+        except Stopped:
+            pass
+        if self.stop.reason is StopReason.TIMED_OUT:
+            self.journal.write(
+                item,
+                Event.TIMED_OUT,
+                job_group_id=job_group_id,
+                status=group.status if group else "",
+                reason="run.timeout reached while it was running",
+            )
+            self.journal.emit(
+                EventKind.TIMED_OUT, f"{describe(item.combo)}: still running at run.timeout", item
+            )
+
+    async def finish(self, item: PlannedCombination, group: JobGroupState) -> None:
+        """Record that ``group`` ended."""
+        self.open.pop(item.combo.combo_id, None)
+        fields = await finished_fields(self.config, self.client, group, item.output_paths)
+        self.journal.write(item, Event.FINISHED, **fields)
+        verdict = group.status + (
+            f" (outputs: {fields['outputs_ok']})" if fields["outputs_ok"] else ""
+        )
+        self.journal.emit(
+            EventKind.FINISHED,
+            f"finished {describe(item.combo)}: job group {group.id} {verdict}",
+            item,
+        )
+
+    async def cancel_open(self) -> None:
+        """Cancel every group still open and record it (or how it ended, if it beat the cancel)."""
+        for item, job_group_id in list(self.open.values()):
+            try:
+                job_ids = await self.client.cancel_job_group(job_group_id)
+                group = await self.client.get_job_group(job_group_id)
+            except ApiError as exc:
+                self.journal.emit(
+                    EventKind.CANCELED, f"{describe(item.combo)}: cancel failed: {exc}", item
+                )
+                continue
+            if group.status in ("Complete", "Failed"):
+                # It ended before the cancel arrived: record the real outcome, so a resume does
+                # not run a finished combination again.
+                await self.finish(item, group)
+                continue
+            self.open.pop(item.combo.combo_id, None)
+            self.journal.write(
+                item,
+                Event.CANCELED,
+                job_group_id=job_group_id,
+                job_ids=job_ids or tuple(j.id for j in group.jobs),
+                status=group.status or "Canceled",
+                reason="canceled by sweeper on interrupt",
+            )
+            self.journal.emit(
+                EventKind.CANCELED,
+                f"{describe(item.combo)}: canceled job group {job_group_id}",
+                item,
+            )
