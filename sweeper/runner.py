@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sweeper.appender import AsyncAppender
 from sweeper.client import DataprepClient, JobGroupState, Submission
 from sweeper.config import SweepConfig
 from sweeper.errors import (
@@ -62,6 +61,7 @@ from sweeper.retry import (
     call_with_retry,
     poll_delays,
 )
+from sweeper.state import State
 
 log = logging.getLogger("sweeper.runner")
 
@@ -177,7 +177,6 @@ class _Run:
         self.config = config
         self.client = client
         self.ledger = ledger
-        self.appender = AsyncAppender(ledger)
         self.planner = planner
         self.wait = wait
         self.interrupt = interrupt
@@ -223,26 +222,21 @@ class _Run:
     # -- ledger ---------------------------------------------------------------------------
 
     async def write(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
-        """Append a row and return once it is on disk (group-committed with concurrent rows)."""
+        """Append a row and return once it is on disk."""
         row = self._row(item, event, **fields)
-        await self.appender.append(row)
+        self.ledger.append(row)
         return row
 
     def write_soon(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
-        """Queue a row for the next group commit without waiting for it.
-
-        For rows no request depends on (``submitted``): the same worker's next ``intent`` is
-        committed after it, so it is on disk before that worker's next POST leaves, and a crash
-        before then leaves the ``intent`` as the last row, which a resume reconciles.
-        """
+        """Append a row (on disk when this returns)."""
         row = self._row(item, event, **fields)
-        self.appender.append_soon(row)
+        self.ledger.append(row)
         return row
 
     def write_now(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
         """Append a row synchronously, for callbacks that cannot await (retry hooks)."""
         row = self._row(item, event, **fields)
-        self.appender.append_now(row)
+        self.ledger.append(row)
         return row
 
     def _row(self, item: PlannedCombination, event: Event, **fields: Any) -> LedgerRow:
@@ -664,7 +658,6 @@ class _Run:
         finally:
             for task in (signals, deadline, producer, *workers, *self.pollers):
                 task.cancel()
-            await self.appender.drain()  # rows of cancelled tasks are still written
         self._tally()
         return self.summary
 
@@ -713,22 +706,23 @@ class _Run:
             s.aborted = str(self.abort)
 
 
-# The run summary's buckets, from the ledger's per-combination states (ledger.STATES).
+# The run summary's buckets, from the ledger's per-combination states.
 SUMMARY_BUCKET = {
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "rejected": "failed",
-    "canceled": "failed",
-    "running": "running",
-    "timed out": "running",
-    "in doubt": "in_doubt",
-    "not sent": "not_sent",
+    State.SUCCEEDED: "succeeded",
+    State.FAILED: "failed",
+    State.REJECTED: "failed",
+    State.CANCELED: "failed",
+    State.RUNNING: "running",
+    State.TIMED_OUT: "running",
+    State.IN_DOUBT: "in_doubt",
+    State.NOT_SENT: "not_sent",
+    State.PENDING: "pending",
 }
 
 
 def classify(row: LedgerRow | None) -> str:
     """succeeded, failed, in_doubt, running, not_sent or pending: a combination's last row."""
-    return "pending" if row is None else SUMMARY_BUCKET[state_of(row)]
+    return SUMMARY_BUCKET[state_of(row)]
 
 
 async def run_sweep(

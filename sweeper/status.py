@@ -19,8 +19,6 @@ from sweeper.polling import StatusPoller
 from sweeper.retry import PollGate, poll_delays
 from sweeper.runner import parse_ts, utc_now
 
-OPEN_STATES = ("running", "timed out")  # submitted, not known to have ended
-
 
 @dataclass
 class StatusResult:
@@ -34,18 +32,18 @@ class StatusResult:
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for row in self.rows:
-            kind = state_of(row)
+            kind = state_of(row).value
             out[kind] = out.get(kind, 0) + 1
         return out
 
     @property
     def open(self) -> int:
-        return sum(1 for row in self.rows if state_of(row) in OPEN_STATES)
+        return sum(1 for row in self.rows if state_of(row).is_open)
 
 
 def open_groups(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
     """Rows whose job group was submitted but is not known to have ended."""
-    return [r for r in rows if state_of(r) in OPEN_STATES and r.job_group_id is not None]
+    return [r for r in rows if state_of(r).is_open and r.job_group_id is not None]
 
 
 def find_config_for(

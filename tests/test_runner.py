@@ -270,8 +270,8 @@ def test_cli_says_paused_on_stderr_and_exits_1_when_the_storm_does_not_pass(
 
 def test_every_ledger_state_has_a_summary_bucket() -> None:
     """The run summary and `sweeper status`/`report` classify rows with one vocabulary."""
-    from sweeper.ledger import STATES
     from sweeper.runner import SUMMARY_BUCKET, classify
+    from sweeper.state import State
 
-    assert set(SUMMARY_BUCKET) == set(STATES)
+    assert set(SUMMARY_BUCKET) == set(State)
     assert classify(None) == "pending"
