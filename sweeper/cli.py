@@ -235,6 +235,7 @@ def run(
                     config.sweep.ledger,
                     sweep=config.sweep.name,
                     param_names=config.matrix.param_names,
+                    run_id=rid,
                 ) as ledger,
             ):
                 resolved = (
@@ -329,7 +330,8 @@ def plan(
     with _exit_codes():
         config = load_config(config_path)
         rid = run_id or _today()
-        history = read_ledger(config.sweep.ledger) if config.sweep.ledger.exists() else []
+        ledger_path = config.sweep.ledger
+        history = read_ledger(ledger_path, sweep=config.sweep.name) if ledger_path.exists() else []
         resolved = latest_as_of(history, rid) or _parse_as_of(as_of) or datetime.now(timezone.utc)
         planner = Planner(
             config, history=history, run_id=rid, as_of=resolved, rerun=rerun, only=only, limit=limit
@@ -423,7 +425,8 @@ def status(
                     "API (pass --config to refresh).",
                     err=True,
                 )
-            history = read_ledger(ledger_path)
+            sweep = load_config(config_path).sweep.name if config_path is not None else None
+            history = read_ledger(ledger_path, sweep=sweep)
             rid = run_id or (history[-1].run_id if history else "")
             result = StatusResult(
                 run_id=rid, rows=list(current_state(history, run_id=rid).values())

@@ -6,6 +6,7 @@ a combination is its last row. See docs/ledger.md for every column and event.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import enum
@@ -14,6 +15,7 @@ import io
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -135,7 +137,7 @@ def one_line(text: str, limit: int | None = None) -> str:
     return text
 
 
-def sanitize_row(row: LedgerRow) -> LedgerRow:
+def _sanitized(row: LedgerRow) -> LedgerRow:
     """The row as it will be stored: one-line text fields, error cut, duration to the ms."""
     return dataclasses.replace(
         row,
@@ -201,60 +203,62 @@ def _header_line(param_names: Sequence[str]) -> str:
 
 
 _EVENTS = {e.value: e for e in Event}
+_BOM = "\ufeff"
 
 
-_new_row = object.__new__
+def _printable(text: str) -> str:
+    """Text for an error message, control characters escaped as in repr (``\\x1b``)."""
+    return repr(text)[1:-1]
 
 
-class _Decoder:
-    """Turns CSV records into LedgerRows; caches the parsing of repeated params_json values.
+def _decode(rec: list[str]) -> LedgerRow:
+    """The LedgerRow of one CSV record whose width and schema were checked."""
+    params = json.loads(rec[9]) if rec[9] else {}
+    if not isinstance(params, dict):
+        raise ValueError("params_json is not a JSON object")
+    return LedgerRow(
+        ts=rec[1],
+        sweep=rec[2],
+        run_id=rec[3],
+        combo_id=rec[4],
+        event=_EVENTS[rec[5]],
+        attempt=int(rec[6]),
+        generation=int(rec[7]),
+        execution_id=rec[8],
+        params={str(k): str(v) for k, v in params.items()},
+        http_status=int(rec[10]) if rec[10] else None,
+        job_group_id=int(rec[11]) if rec[11] else None,
+        session_id=rec[12],
+        job_ids=tuple(map(int, rec[13].split())),
+        status=rec[14],
+        error=rec[15],
+        duration_s=float(rec[16]) if rec[16] else None,
+        request_id=rec[17],
+        config_hash=rec[18],
+        as_of=rec[19],
+        reason=rec[20],
+        outputs_ok=rec[21],
+    )
 
-    Speed matters (100,000 rows must fold in well under 3 s): a combination's params_json repeats
-    on each of its rows, and rows are built by filling __dict__ directly instead of calling the
-    frozen dataclass's __init__ (21 object.__setattr__ calls). Rows with equal params share one
-    dict, which callers must treat as read-only (LedgerRow.params is a Mapping).
-    """
 
-    def __init__(self) -> None:
-        self._params: dict[str, dict[str, str]] = {"": {}}
-
-    def params(self, text: str) -> dict[str, str]:
-        cached = self._params.get(text)
-        if cached is None:
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError("params_json is not a JSON object")
-            cached = self._params[text] = {str(k): str(v) for k, v in value.items()}
-        return cached
-
-    def __call__(self, rec: list[str]) -> LedgerRow:
-        row: LedgerRow = _new_row(LedgerRow)
-        row.__dict__.update(
-            {
-                "ts": rec[1],
-                "sweep": rec[2],
-                "run_id": rec[3],
-                "combo_id": rec[4],
-                "event": _EVENTS[rec[5]],
-                "attempt": int(rec[6]),
-                "generation": int(rec[7]),
-                "execution_id": rec[8],
-                "params": self.params(rec[9]),
-                "http_status": int(rec[10]) if rec[10] else None,
-                "job_group_id": int(rec[11]) if rec[11] else None,
-                "session_id": rec[12],
-                "job_ids": tuple(map(int, rec[13].split())) if rec[13] else (),
-                "status": rec[14],
-                "error": rec[15],
-                "duration_s": float(rec[16]) if rec[16] else None,
-                "request_id": rec[17],
-                "config_hash": rec[18],
-                "as_of": rec[19],
-                "reason": rec[20],
-                "outputs_ok": rec[21],
-            }
-        )
-        return row
+def _lines(path: Path, data: bytes, end: int) -> Iterator[str]:
+    """The lines of data[:end], decoded one by one (a decoded copy of a whole 100,000-row file
+    would more than double the memory a fold needs)."""
+    start = 0
+    while start < end:
+        stop = data.index(b"\n", start) + 1
+        try:
+            line = data[start:stop].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise LedgerError(
+                f"The ledger {path} is not valid UTF-8 (byte {start + exc.start}); it was not "
+                "written by sweeper or is damaged. Move it aside or point sweep.ledger at another "
+                "file."
+            ) from None
+        # A spreadsheet that saved the file may have added a byte order mark and CRLF line
+        # ends; the csv module reads either line end.
+        yield line.removeprefix(_BOM) if start == 0 else line
+        start = stop
 
 
 @dataclass(frozen=True)
@@ -267,27 +271,23 @@ class _Parsed:
     torn: bytes  # bytes after the last newline (a record cut by a crash)
 
 
-def _parse(path: Path, data: bytes) -> _Parsed:
-    """Parse ledger bytes; a torn tail is set aside, never parsed."""
+def _parse(path: Path, data: bytes, sweep: str | None) -> _Parsed:
+    """Parse ledger bytes; a torn tail is set aside, never parsed.
+
+    Every row must belong to `sweep`, or, when it is None, to the sweep of the first row.
+    """
     cut = data.rfind(b"\n") + 1
     torn = data[cut:]
     if cut == 0:
         # No complete line: a header cut while the file was being created (nothing after it can
         # exist, the header is fsynced first), or not a ledger at all.
-        text = torn.decode("utf-8", errors="replace")
+        text = torn.decode("utf-8", errors="replace").removeprefix(_BOM)
         if text and not (
             _FIXED_HEADER_LINE.startswith(text) or text.startswith(_FIXED_HEADER_LINE)
         ):
             raise _not_a_ledger(path)
         return _Parsed((), [], 0, torn)
-    try:
-        text = data[:cut].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LedgerError(
-            f"The ledger {path} is not valid UTF-8 (byte {exc.start}); it was not written by "
-            "sweeper or is damaged. Move it aside or point sweep.ledger at another file."
-        ) from None
-    reader = csv.reader(io.StringIO(text))
+    reader = csv.reader(_lines(path, data, cut))
     try:
         header = next(reader)
     except csv.Error:
@@ -295,14 +295,17 @@ def _parse(path: Path, data: bytes) -> _Parsed:
     param_columns = _check_header(path, header)
     width = len(header)
     rows: list[LedgerRow] = []
-    append = rows.append
-    decode = _Decoder()
+    first_line = 0
     try:
         for rec in reader:
             if len(rec) != width or rec[0] != SCHEMA:
                 _bad_record(path, reader.line_num, rec, width)
+            if rec[2] != sweep:
+                if sweep is not None:
+                    raise _other_sweep(path, reader.line_num, rec[2], sweep, first_line)
+                sweep, first_line = rec[2], reader.line_num
             try:
-                append(decode(rec))
+                rows.append(_decode(rec))
             except (ValueError, KeyError) as exc:
                 raise LedgerError(
                     f"Line {reader.line_num} of the ledger {path} cannot be read ({exc}); the "
@@ -327,11 +330,13 @@ def _check_header(path: Path, header: list[str]) -> tuple[str, ...]:
     if not header or header[0] != "schema":
         raise _not_a_ledger(path)
     extra = header[_N_FIXED:]
-    if tuple(header[:_N_FIXED]) != COLUMNS or not all(c.startswith(PARAM_PREFIX) for c in extra):
+    odd = [c for c in extra if not c.startswith(PARAM_PREFIX)]
+    if tuple(header[:_N_FIXED]) != COLUMNS or odd:
+        what = f" (column {odd[0]!r})" if odd and tuple(header[:_N_FIXED]) == COLUMNS else ""
         raise LedgerError(
-            f"The ledger {path} has a sweeper header with different columns than the schema "
-            f"{SCHEMA} this sweeper reads; it was written by another version of sweeper. Use "
-            "that version, or point sweep.ledger at a new file."
+            f"The ledger {path} has a sweeper header with different columns{what} than the "
+            f"schema {SCHEMA} this sweeper reads; it was written by another version of sweeper "
+            "or edited. Use that version, or point sweep.ledger at a new file."
         )
     return tuple(c[len(PARAM_PREFIX) :] for c in extra)
 
@@ -339,9 +344,9 @@ def _check_header(path: Path, header: list[str]) -> tuple[str, ...]:
 def _bad_record(path: Path, line: int, rec: list[str], width: int) -> None:
     if rec and rec[0].startswith("sweeper-ledger/") and rec[0] != SCHEMA:
         raise LedgerError(
-            f"Line {line} of the ledger {path} has schema version {rec[0]}, but this sweeper "
-            f"reads {SCHEMA}. Use the sweeper version that wrote it, or point sweep.ledger at a "
-            "new file."
+            f"Line {line} of the ledger {path} has schema version {_printable(rec[0])}, but this "
+            f"sweeper reads {SCHEMA}. Use the sweeper version that wrote it, or point "
+            "sweep.ledger at a new file."
         )
     raise LedgerError(
         f"Line {line} of the ledger {path} has {len(rec)} fields where the header has {width} "
@@ -349,14 +354,18 @@ def _bad_record(path: Path, line: int, rec: list[str], width: int) -> None:
     )
 
 
-def _check_sweep(path: Path, rows: Iterable[LedgerRow], sweep: str) -> None:
-    for row in rows:
-        if row.sweep != sweep:
-            raise LedgerError(
-                f"The ledger {path} belongs to the sweep '{row.sweep}', not '{sweep}'. Give this "
-                "sweep its own file with sweep.ledger in the config (or rename one of the "
-                "sweeps)."
-            )
+def _other_sweep(path: Path, line: int, found: str, sweep: str, first_line: int) -> LedgerError:
+    if first_line:
+        return LedgerError(
+            f"Line {line} of the ledger {path} belongs to the sweep {found!r}, but line "
+            f"{first_line} to {sweep!r}: a ledger holds one sweep only. The file was edited "
+            "or two ledgers were joined; restore it from a backup or move it aside."
+        )
+    return LedgerError(
+        f"The ledger {path} belongs to the sweep {found!r} (line {line}), not "
+        f"{sweep!r}. Give this sweep its own file with sweep.ledger in the config (or "
+        "rename one of the sweeps)."
+    )
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -425,12 +434,21 @@ class Ledger:
         self._fd: int | None = fd
         self._lock_fd: int | None = lock_fd
         self._mutex = threading.Lock()
+        self._failed: LedgerError | None = None
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], *, sweep: str, param_names: Sequence[str]
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        sweep: str,
+        param_names: Sequence[str],
+        run_id: str | None = None,
     ) -> Ledger:
-        """Lock, create or validate and repair the ledger at `path`, ready to append."""
+        """Lock, create or validate and repair the ledger at `path`, ready to append.
+
+        `run_id` is recorded in the lock file, so that a second sweeper can say who holds it.
+        """
         path = Path(path)
         lock_path = path.with_name(path.name + ".lock")
         try:
@@ -441,13 +459,15 @@ class Ledger:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _lock_holder(lock_fd)
             os.close(lock_fd)
             raise LedgerLockedError(
-                f"The ledger {path} is locked by another sweeper process that is still running "
-                f"(lock file {lock_path}). Wait for it to end, then run again to resume; the "
-                "ledger was not changed."
+                f"The ledger {path} is locked by another sweeper process that is still running"
+                f"{holder} (lock file {lock_path}). Wait for it to end, then run again to resume; "
+                "the ledger was not changed."
             ) from None
         try:
+            _record_holder(lock_fd, run_id)
             return cls._open_locked(path, sweep=sweep, param_names=param_names, lock_fd=lock_fd)
         except OSError as exc:
             os.close(lock_fd)
@@ -461,8 +481,7 @@ class Ledger:
         cls, path: Path, *, sweep: str, param_names: Sequence[str], lock_fd: int
     ) -> Ledger:
         data = _read_bytes(path) if path.exists() else b""
-        parsed = _parse(path, data)
-        _check_sweep(path, parsed.rows, sweep)  # validate before changing a byte
+        parsed = _parse(path, data, sweep)  # validate before changing a byte
         torn = _quarantine(path, parsed.torn) if parsed.torn else None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -501,30 +520,31 @@ class Ledger:
         return list(self._rows)
 
     def append(self, row: LedgerRow) -> None:
-        """Write one row as one line, then flush it to disk (fsync) before returning."""
-        self.append_many((row,))
+        """Write one row as one line and fsync it before returning.
 
-    def append_many(self, rows: Sequence[LedgerRow]) -> None:
-        """Write rows as lines, in order, then one fsync for all of them (group commit)."""
-        clean: list[LedgerRow] = []
-        for row in rows:
-            if row.sweep != self.sweep:
-                raise ValueError(f"row of sweep {row.sweep!r} appended to ledger of {self.sweep!r}")
-            clean.append(sanitize_row(row))
-        data = "".join(_csv_line(_encode(r, self.param_columns)) for r in clean).encode("utf-8")
+        After a failed write every later append raises the same error: the failed write may
+        have left part of a line, and a row written behind it would be lost with it.
+        """
+        if row.sweep != self.sweep:
+            raise ValueError(f"row of sweep {row.sweep!r} appended to ledger of {self.sweep!r}")
+        clean = _sanitized(row)
+        data = _csv_line(_encode(clean, self.param_columns)).encode("utf-8")
         with self._mutex:
             if self._fd is None:
                 raise ValueError(f"the ledger {self.path} is closed")
+            if self._failed is not None:
+                raise self._failed
             try:
                 _write_all(self._fd, data)
                 os.fsync(self._fd)
             except OSError as exc:
-                raise LedgerError(
+                self._failed = LedgerError(
                     f"could not write to the ledger {self.path}: {exc.strerror or exc}. Every row "
                     "before this one is on disk; fix the cause (disk space, permissions) and run "
                     "the same command again to resume."
-                ) from exc
-            self._rows.extend(clean)
+                )
+                raise self._failed from exc
+            self._rows.append(clean)
 
     def close(self) -> None:
         """Close the file and release the lock; idempotent."""
@@ -533,12 +553,10 @@ class Ledger:
                 os.close(self._fd)
                 self._fd = None
             if self._lock_fd is not None:
+                with contextlib.suppress(OSError):  # the holder note is only a courtesy
+                    os.ftruncate(self._lock_fd, 0)
                 os.close(self._lock_fd)
                 self._lock_fd = None
-
-    @property
-    def closed(self) -> bool:
-        return self._fd is None
 
     def __enter__(self) -> Ledger:
         return self
@@ -550,6 +568,38 @@ class Ledger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _record_holder(lock_fd: int, run_id: str | None) -> None:
+    """Note who holds the lock in the lock file, for the message a second sweeper shows."""
+    note = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "run_id": run_id,
+        "since": utc_timestamp(),
+    }
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, json.dumps(note).encode("utf-8") + b"\n", 0)
+
+
+def _lock_holder(lock_fd: int) -> str:
+    """', held by PID 1234 on host x since ..., run ...' from the lock file, or '' if unknown."""
+    try:
+        note = json.loads(os.pread(lock_fd, 4096, 0))
+        pid = int(note["pid"])
+        host, since, run_id = (str(note.get(k) or "") for k in ("host", "since", "run_id"))
+    except (OSError, ValueError, TypeError, KeyError):
+        # Empty (the holder is between taking the lock and writing the note) or written by
+        # an older sweeper: the message just does not name the holder.
+        return ""
+    text = f", held by PID {pid}"
+    if host:
+        text += f" on host {_printable(host)}"
+    if since:
+        text += f" since {_printable(since)}"
+    if run_id:
+        text += f", run {_printable(run_id)}"
+    return text
 
 
 def _quarantine(path: Path, torn: bytes) -> TornTail:
@@ -578,18 +628,12 @@ def _quarantine(path: Path, torn: bytes) -> TornTail:
 
 
 def read_ledger(path: str | os.PathLike[str], *, sweep: str | None = None) -> list[LedgerRow]:
-    """Every complete row of a ledger, without locking or changing it (a torn tail is skipped)."""
-    path = Path(path)
-    rows = _parse(path, _read_bytes(path)).rows
-    if sweep is not None:
-        _check_sweep(path, rows, sweep)
-    return rows
+    """Every complete row of a ledger, without locking or changing it (a torn tail is skipped).
 
-
-def read_param_columns(path: str | os.PathLike[str]) -> tuple[str, ...]:
-    """The parameter names with their own `param.<Name>` column in the ledger's header."""
+    Every row must belong to `sweep` if given, else to the sweep of the first row.
+    """
     path = Path(path)
-    return _parse(path, _read_bytes(path)).param_columns
+    return _parse(path, _read_bytes(path), sweep).rows
 
 
 def current_state(rows: Iterable[LedgerRow], *, run_id: str | None = None) -> dict[str, LedgerRow]:
@@ -601,40 +645,17 @@ def current_state(rows: Iterable[LedgerRow], *, run_id: str | None = None) -> di
     return state
 
 
-def runs(rows: Iterable[LedgerRow]) -> list[str]:
-    """Run ids in the order they first appear."""
-    return list(dict.fromkeys(row.run_id for row in rows))
-
-
-def is_terminal(row: LedgerRow) -> bool:
-    """The combination is done for this generation: finished on the server, or rejected."""
-    return row.event in (Event.FINISHED, Event.REJECTED)
-
-
-def succeeded(row: LedgerRow) -> bool:
-    """Complete on the server, and the output check did not say otherwise."""
-    return row.event is Event.FINISHED and row.status == "Complete" and row.outputs_ok != "no"
-
-
-def failed(row: LedgerRow) -> bool:
-    """Terminal and not succeeded: rejected, Failed, Canceled, or Complete with missing outputs."""
-    return is_terminal(row) and not succeeded(row)
-
-
-def needs_reconcile(row: LedgerRow) -> bool:
-    """A POST may have happened without a recorded outcome: look it up before resending."""
-    return row.event in (Event.INTENT, Event.IN_DOUBT)
-
-
 def state_of(row: LedgerRow | None) -> State:
-    """Where a combination stands, from its last row in a run (None: never attempted)."""
+    """Where a combination stands, from its last row in the run (None: no row, PENDING)."""
     if row is None:
         return State.PENDING
     event = row.event
     if event is Event.FINISHED:
         if row.status == "Canceled":
             return State.CANCELED
-        return State.SUCCEEDED if succeeded(row) else State.FAILED
+        if row.status == "Complete" and row.outputs_ok != "no":
+            return State.SUCCEEDED
+        return State.FAILED  # Failed, or Complete with its outputs missing
     if event is Event.REJECTED:
         return State.REJECTED
     if event is Event.CANCELED:
@@ -652,27 +673,18 @@ def state_of(row: LedgerRow | None) -> State:
     return State.RUNNING  # submitted, duplicate, reconciled (found)
 
 
-def iter_param_names(rows: Iterable[LedgerRow]) -> Iterator[str]:
-    """Parameter names in first-seen order across rows."""
-    seen: dict[str, None] = {}
-    for row in rows:
-        for name in row.params:
-            if name not in seen:
-                seen[name] = None
-                yield name
-
-
 def rows_to_frame(rows: Sequence[LedgerRow]) -> pd.DataFrame:
-    """Rows as a DataFrame: the LedgerRow fields, `state`, and one `param.<Name>` per parameter."""
+    """Rows as a DataFrame: the LedgerRow fields, `state` (State values such as `in_doubt`),
+    and one `param.<Name>` column per parameter, in first-seen order."""
     import pandas as pd
 
-    names = list(iter_param_names(rows))
+    names = dict.fromkeys(name for row in rows for name in row.params)
     # Column by column: much faster than records for 100,000 rows of object values.
     data: dict[str, list[object]] = {
         f.name: [getattr(r, f.name) for r in rows] for f in dataclasses.fields(LedgerRow)
     }
     data["event"] = [r.event.value for r in rows]
-    data["state"] = [state_of(r).label for r in rows]
+    data["state"] = [state_of(r).value for r in rows]
     for name in names:
         data[PARAM_PREFIX + name] = [r.params.get(name) for r in rows]
     frame: pd.DataFrame = pd.DataFrame(data)
@@ -680,8 +692,3 @@ def rows_to_frame(rows: Sequence[LedgerRow]) -> pd.DataFrame:
         frame[col] = frame[col].astype("Int64")
     frame["duration_s"] = frame["duration_s"].astype("float64")
     return frame
-
-
-def load_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """The ledger at `path` as a DataFrame (see rows_to_frame), for reports and notebooks."""
-    return rows_to_frame(read_ledger(path))

@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import execution_id
-from sweeper.ledger import Event, LedgerRow, current_state
+from sweeper.ledger import Event, LedgerRow, current_state, state_of
 from sweeper.matrix import Combination, count_combinations, expand_matrix, parse_only, select
+from sweeper.state import State
 from sweeper.template import RequestTemplate
 
 RERUN_POLICIES = ("incomplete", "failed", "all")
@@ -96,7 +97,7 @@ def _decide(
         return Action.RESEND, "server has it (304) but lookup failed: ask again", gen, xid
     if event in (Event.SUBMITTED, Event.DUPLICATE, Event.RECONCILED, Event.TIMED_OUT):
         return Action.WAIT, f"submitted in this run ({group}), not finished yet", gen, xid
-    if event is Event.FINISHED and last.status == "Complete" and last.outputs_ok != "no":
+    if state_of(last) is State.SUCCEEDED:
         if rerun == "all":
             return rerun_as_new(f"succeeded ({group}); --rerun all")
         return Action.SKIP, f"succeeded in this run ({group})", gen, xid

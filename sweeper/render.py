@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from sweeper.identity import canonical_json
 from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe, plan_message
+from sweeper.state import State
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
     from sweeper.journal import RunEvent, RunSummary
@@ -280,13 +281,14 @@ def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
 
 
 def _status_rows(result: StatusResult) -> list[dict[str, Any]]:
+    """The current row of each combination, with its state as a State value (`in_doubt`)."""
     from sweeper.ledger import state_of
 
     return [
         {
             "combo_id": r.combo_id,
             "params": dict(r.params),
-            "state": state_of(r),
+            "state": state_of(r).value,
             "event": r.event.value,
             "status": r.status,
             "job_group_id": r.job_group_id,
@@ -314,7 +316,7 @@ def status_text(result: StatusResult) -> str:
     body = table(
         (
             [
-                r["state"],
+                State(r["state"]).label,
                 r["status"] or r["event"],
                 r["job_group_id"] or "",
                 " ".join(f"{k}={v}" for k, v in r["params"].items()),
@@ -324,7 +326,7 @@ def status_text(result: StatusResult) -> str:
         ),
         ["state", "status", "job group", "combination", "error"],
     )
-    counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result.counts().items())
+    counts = ", ".join(f"{n} {State(k).label}" for k, n in result.counts().items())
     head = f"run {result.run_id}: {counts or 'no combinations'}"
     if result.refreshed:
         head += f" (asked about {result.refreshed} job groups, {result.finished} ended since)"

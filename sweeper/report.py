@@ -21,16 +21,18 @@ from typing import TYPE_CHECKING, Any, Literal
 from sweeper.ledger import PARAM_PREFIX, LedgerRow, fsync_directory, one_line
 from sweeper.state import State
 
-STATES = tuple(s.label for s in State if s is not State.PENDING)
-
 if TYPE_CHECKING:
     import pandas as pd
 
 Format = Literal["table", "markdown", "csv", "json"]
 REPORT_SCHEMA = "sweeper-report/1"
 
-FAILING = ("failed", "rejected", "canceled")  # terminal and not succeeded
-UNFINISHED = ("running", "timed out", "in doubt", "not sent")
+# The states a combination with ledger rows can be in (PENDING means it has none), as the
+# values that report frames and JSON hold; the text formats show their labels.
+_STATES: tuple[str, ...] = tuple(s.value for s in State if s is not State.PENDING)
+FAILING = tuple(s.value for s in State if s.is_failure)  # terminal and not succeeded
+UNFINISHED = tuple(s for s in _STATES if not State(s).is_terminal)
+_STATE_COLUMNS = ("state", "previous_state")  # report columns that hold a state
 _TEXT_CELL_MAX = 80  # table format: long error text is cut so columns stay readable
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -109,7 +111,7 @@ def _finished_durations(frame: pd.DataFrame, run_id: str | None) -> pd.Series:
 
 def _state_counts(current: pd.DataFrame) -> dict[str, int]:
     counts = current["state"].value_counts()
-    return {state: int(counts.get(state, 0)) for state in STATES}
+    return {state: int(counts.get(state, 0)) for state in _STATES}
 
 
 def _by_param(current: pd.DataFrame) -> pd.DataFrame:
@@ -122,7 +124,7 @@ def _by_param(current: pd.DataFrame) -> pd.DataFrame:
             group = current[values == value]
             finished = group[group["event"] == "finished"]["duration_s"].dropna()
             n = len(group)
-            ok = int((group["state"] == "succeeded").sum())
+            ok = int((group["state"] == State.SUCCEEDED.value).sum())
             bad = int(group["state"].isin(FAILING).sum())
             records.append(
                 {
@@ -159,7 +161,7 @@ def _diff(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
         prev = before.get(combo, "")
         if state in FAILING:
             change = "still failing" if prev in FAILING else "newly failing"
-        elif state == "succeeded" and prev in FAILING:
+        elif state == State.SUCCEEDED.value and prev in FAILING:
             change = "fixed"
         else:
             continue
@@ -186,7 +188,7 @@ def _runs_overview(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     result: pd.DataFrame = pd.DataFrame.from_records(
-        records, columns=["run_id", "combinations", *STATES, "p50_s", "max_s"]
+        records, columns=["run_id", "combinations", *_STATES, "p50_s", "max_s"]
     )
     return result
 
@@ -200,7 +202,8 @@ def build_report(
     frame = to_frame(rows_or_frame)
     run_order = [str(r) for r in frame["run_id"].drop_duplicates()]
     if run_id is not None and run_id not in run_order:
-        raise ValueError(f"run {run_id!r} is not in the ledger (runs: {', '.join(run_order)})")
+        known = ", ".join(repr(r) for r in run_order)
+        raise ValueError(f"run {run_id!r} is not in the ledger (runs: {known})")
     selected = run_id if run_id is not None else (run_order[-1] if run_order else None)
     previous_id = None
     if selected is not None and run_order.index(selected) > 0:
@@ -210,7 +213,7 @@ def build_report(
     counts = _state_counts(current)
     summary = pd.DataFrame(
         {
-            "state": [*STATES, "total"],
+            "state": [*_STATES, "total"],
             "combinations": [*counts.values(), len(current)],
         }
     )
@@ -287,9 +290,22 @@ def _cell(value: object) -> str:
     return one_line(str(value))
 
 
+def _label(state: object) -> object:
+    """A state value as people read it (`in doubt`); anything else unchanged."""
+    return State(state).label if isinstance(state, str) and state in _VALUES else state
+
+
+_VALUES = frozenset(s.value for s in State)
+
+
 def _cells(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    header = [str(c) for c in frame.columns]
-    body = [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]
+    """Header and body as text for people: states (cells and column names) by their labels."""
+    header = [str(_label(c)) for c in frame.columns]
+    states = {i for i, c in enumerate(frame.columns) if c in _STATE_COLUMNS}
+    body = [
+        [_cell(_label(v) if i in states else v) for i, v in enumerate(row)]
+        for row in frame.itertuples(index=False, name=None)
+    ]
     return header, body
 
 
@@ -426,14 +442,14 @@ def render(report: Report, fmt: Format = "table") -> str:
 # --- HTML -------------------------------------------------------------------------------------
 
 STATE_COLORS = {
-    "succeeded": "#2e7d32",
-    "failed": "#c62828",
-    "rejected": "#6a1b9a",
-    "canceled": "#795548",
-    "timed out": "#ef6c00",
-    "running": "#1565c0",
-    "in doubt": "#f9a825",
-    "not sent": "#9e9e9e",
+    State.SUCCEEDED: "#2e7d32",
+    State.FAILED: "#c62828",
+    State.REJECTED: "#6a1b9a",
+    State.CANCELED: "#795548",
+    State.TIMED_OUT: "#ef6c00",
+    State.RUNNING: "#1565c0",
+    State.IN_DOUBT: "#f9a825",
+    State.NOT_SENT: "#9e9e9e",
 }
 
 _CSS = """
@@ -482,7 +498,7 @@ def _svg_runs(runs: pd.DataFrame) -> str:
     for i, record in enumerate(runs.to_dict("records")):
         x = left + i * (bar + gap)
         y = float(base)
-        for state in STATES:
+        for state in _STATES:
             count = int(record[state])
             if not count:
                 continue
@@ -490,8 +506,8 @@ def _svg_runs(runs: pd.DataFrame) -> str:
             y -= h
             parts.append(
                 f'<rect x="{x}" y="{y:.1f}" width="{bar}" height="{h:.1f}" '
-                f'fill="{STATE_COLORS[state]}"><title>{html.escape(str(record["run_id"]))}: '
-                f"{count} {state}</title></rect>"
+                f'fill="{STATE_COLORS[State(state)]}"><title>'
+                f"{html.escape(str(record['run_id']))}: {count} {State(state).label}</title></rect>"
             )
         label = html.escape(str(record["run_id"])[-10:])
         parts.append(f'<text x="{x}" y="{base + 12}">{label}</text>')
@@ -506,11 +522,11 @@ def _svg_runs(runs: pd.DataFrame) -> str:
         f'<text x="{left}" y="{height + 40}">median duration (s), max {slowest:.2f}</text>'
     )
     legend_x = max(left + n * (bar + gap), left + 140) + 10  # clear of the chart's title
-    for j, state in enumerate(STATES):
+    for j, state in enumerate(STATE_COLORS):
         parts.append(
             f'<rect x="{legend_x}" y="{top + 14 * j}" width="10" height="10" '
             f'fill="{STATE_COLORS[state]}"/><text x="{legend_x + 14}" y="{top + 14 * j + 9}">'
-            f"{state}</text>"
+            f"{state.label}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)

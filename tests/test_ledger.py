@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import fcntl
 import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +28,13 @@ from sweeper.ledger import (
     Ledger,
     LedgerRow,
     current_state,
-    failed,
-    is_terminal,
-    needs_reconcile,
+    parse_timestamp,
     read_ledger,
-    runs,
+    rows_to_frame,
     state_of,
-    succeeded,
     utc_timestamp,
 )
+from sweeper.state import State
 
 PARAMS = ("Region", "varReferenceType")
 
@@ -168,36 +170,68 @@ def test_second_open_same_process_is_locked_and_file_untouched(tmp_path: Path) -
         assert len(second.rows) == 1
 
 
-def test_lock_held_by_another_process(tmp_path: Path) -> None:
-    path = tmp_path / "l.csv"
-    with open_ledger(path) as led:
-        led.append(make_row())
-    before = path.read_bytes()
+@contextlib.contextmanager
+def held_by_another_process(path: Path, run_id: str | None = None) -> Iterator[int]:
+    """A child process holding the ledger open (and locked) until the block ends; its PID."""
     script = (
-        "import sys, time\n"
+        "import sys\n"
         "from sweeper.ledger import Ledger\n"
-        "led = Ledger.open(sys.argv[1], sweep='regions', param_names=[])\n"
+        "led = Ledger.open(\n"
+        "    sys.argv[1], sweep='regions', param_names=[], run_id=sys.argv[2] or None\n"
+        ")\n"
         "print('locked', flush=True)\n"
         "sys.stdin.readline()\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(path)],
+        [sys.executable, "-c", script, str(path), run_id or ""],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-        with pytest.raises(LedgerLockedError):
-            open_ledger(path)
-        assert path.read_bytes() == before
+        yield proc.pid
     finally:
         assert proc.stdin is not None
         proc.stdin.write("\n")
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def test_lock_held_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with open_ledger(path) as led:
+        led.append(make_row())
+    before = path.read_bytes()
+    with held_by_another_process(path):
+        with pytest.raises(LedgerLockedError):
+            open_ledger(path)
+        assert path.read_bytes() == before
     with open_ledger(path):  # the lock dies with the process
         pass
+
+
+def test_lock_message_names_the_holder(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with (
+        held_by_another_process(path, run_id="2026-11-30") as pid,
+        pytest.raises(LedgerLockedError) as info,
+    ):
+        open_ledger(path)
+    message = str(info.value)
+    assert f"held by PID {pid} on host {socket.gethostname()} since 20" in message
+    assert message.split(" since ")[1].split(",")[0].endswith("Z")  # a ledger timestamp
+    assert ", run 2026-11-30 " in message and "another sweeper" in message
+
+
+def test_reading_needs_no_lock(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with open_ledger(path) as led:
+        led.append(make_row())
+    with held_by_another_process(path):
+        lock = (tmp_path / "l.csv.lock").read_bytes()
+        assert read_ledger(path, sweep="regions") == [make_row()]
+        assert (tmp_path / "l.csv.lock").read_bytes() == lock
 
 
 def test_torn_tail_is_quarantined_and_repaired(tmp_path: Path) -> None:
@@ -219,7 +253,8 @@ def test_torn_tail_is_quarantined_and_repaired(tmp_path: Path) -> None:
         led.append(make_row("c3"))
     rows = read_ledger(path)
     assert [r.combo_id for r in rows] == ["c1", "c2", "c3"]
-    assert succeeded(current_state(rows)["c1"])  # the cut INTENT for c1 never happened
+    # the cut INTENT for c1 never happened
+    assert state_of(current_state(rows)["c1"]) is State.SUCCEEDED
 
 
 def test_torn_header_restarts_the_file(tmp_path: Path) -> None:
@@ -254,6 +289,58 @@ def test_other_sweep_refused_without_changes(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.torn-*"))
     with pytest.raises(LedgerError):
         read_ledger(path, sweep="regions")
+
+
+def test_a_row_of_another_sweep_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with open_ledger(path) as led:
+        led.append(make_row("c1"))
+        led.append(make_row("c2"))
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b",regions,", b",nightly,")  # line 3: a row pasted from elsewhere
+    path.write_bytes(b"\n".join(lines))
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match=r"Line 3 .*'nightly', but line 2 to 'regions'"):
+        read_ledger(path)  # without a sweep name: every row must be of the first row's sweep
+    with pytest.raises(LedgerError, match=r"sweep 'nightly' \(line 3\), not 'regions'"):
+        read_ledger(path, sweep="regions")
+    with pytest.raises(LedgerError, match=r"sweep 'regions' \(line 2\), not 'nightly'"):
+        read_ledger(path, sweep="nightly")
+    with pytest.raises(LedgerError, match="line 3"):
+        open_ledger(path)
+    assert path.read_bytes() == before
+
+
+def test_a_ledger_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
+    """CRLF line ends and a UTF-8 byte order mark, as spreadsheets save CSV."""
+    path = tmp_path / "l.csv"
+    rows = [make_row("c1"), full_row()]
+    with open_ledger(path) as led:
+        for row in rows:
+            led.append(row)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    assert read_ledger(path, sweep="regions") == rows
+    with open_ledger(path) as led:
+        assert led.torn_tail is None and list(led.rows) == rows
+        led.append(make_row("c3"))
+    assert [r.combo_id for r in read_ledger(path)] == ["c1", "c9", "c3"]
+    path.write_bytes(b"\xef\xbb\xbfschema,ts,swe")  # a header cut while it was created
+    assert read_ledger(path) == []
+
+
+def test_names_in_errors_show_control_characters(tmp_path: Path) -> None:
+    path = tmp_path / "l.csv"
+    with open_ledger(path) as led:
+        led.append(make_row())
+    path.write_bytes(path.read_bytes().replace(b",regions,", b",regions\x00,"))
+    with pytest.raises(LedgerError) as info:
+        read_ledger(path, sweep="regions")
+    assert "belongs to the sweep 'regions\\x00'" in str(info.value)
+    assert "\x00" not in str(info.value)
+    path.write_bytes(path.read_bytes().replace(b"param.varReferenceType", b"Type\x1b[31m", 1))
+    with pytest.raises(LedgerError) as info:
+        read_ledger(path)
+    assert "(column 'Type\\x1b[31m')" in str(info.value) and "\x1b" not in str(info.value)
 
 
 def test_not_a_ledger_refused(tmp_path: Path) -> None:
@@ -350,7 +437,7 @@ def test_append_to_closed_or_foreign_sweep_is_misuse(tmp_path: Path) -> None:
         led.append(make_row())
 
 
-def test_current_state_runs_and_classifiers() -> None:
+def test_current_state() -> None:
     rows = [
         make_row("a", Event.INTENT, run_id="r1"),
         make_row("a", Event.SUBMITTED, run_id="r1", job_group_id=1),
@@ -360,19 +447,40 @@ def test_current_state_runs_and_classifiers() -> None:
         make_row("a", Event.FINISHED, run_id="r2", status="Complete", outputs_ok="yes"),
         make_row("b", Event.IN_DOUBT, run_id="r2"),
     ]
-    assert runs(rows) == ["r1", "r2"]
     r1 = current_state(rows, run_id="r1")
     assert list(r1) == ["a", "b"]
-    assert r1["a"].status == "Failed" and failed(r1["a"]) and is_terminal(r1["a"])
-    assert needs_reconcile(r1["b"]) and not is_terminal(r1["b"])
+    assert r1["a"].status == "Failed" and r1["b"].event is Event.INTENT
     latest = current_state(rows)
-    assert succeeded(latest["a"]) and latest["b"].event is Event.IN_DOUBT
-    missing = make_row(event=Event.FINISHED, status="Complete", outputs_ok="no")
-    assert not succeeded(missing) and failed(missing)
-    assert failed(make_row(event=Event.REJECTED, http_status=400))
-    assert state_of(make_row(event=Event.RECONCILED)) == "not_sent"
-    assert state_of(make_row(event=Event.RECONCILED, job_group_id=5)) == "running"
-    assert state_of(make_row(event=Event.FINISHED, status="Canceled")) == "canceled"
+    assert latest["a"].status == "Complete" and latest["b"].event is Event.IN_DOUBT
+
+
+@pytest.mark.parametrize(
+    ("row", "state"),
+    [
+        (None, State.PENDING),
+        (make_row(event=Event.FINISHED, status="Complete", outputs_ok="yes"), State.SUCCEEDED),
+        (
+            make_row(event=Event.FINISHED, status="Complete", outputs_ok="unchecked"),
+            State.SUCCEEDED,
+        ),
+        (make_row(event=Event.FINISHED, status="Complete", outputs_ok="no"), State.FAILED),
+        (make_row(event=Event.FINISHED, status="Failed"), State.FAILED),
+        (make_row(event=Event.FINISHED, status="Canceled"), State.CANCELED),
+        (make_row(event=Event.REJECTED, http_status=400), State.REJECTED),
+        (make_row(event=Event.CANCELED, job_group_id=5), State.CANCELED),
+        (make_row(event=Event.TIMED_OUT, job_group_id=5), State.TIMED_OUT),
+        (make_row(event=Event.INTENT), State.IN_DOUBT),
+        (make_row(event=Event.IN_DOUBT), State.IN_DOUBT),
+        (make_row(event=Event.NOT_SENT), State.NOT_SENT),
+        (make_row(event=Event.RECONCILED), State.NOT_SENT),
+        (make_row(event=Event.RECONCILED, job_group_id=5), State.RUNNING),
+        (make_row(event=Event.DUPLICATE), State.IN_DOUBT),
+        (make_row(event=Event.DUPLICATE, job_group_id=5), State.RUNNING),
+        (make_row(event=Event.SUBMITTED, job_group_id=5), State.RUNNING),
+    ],
+)
+def test_state_of(row: LedgerRow | None, state: State) -> None:
+    assert state_of(row) is state
 
 
 def test_utc_timestamp_format() -> None:
@@ -380,6 +488,9 @@ def test_utc_timestamp_format() -> None:
 
     moment = datetime(2026, 11, 29, 13, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
     assert utc_timestamp(moment) == "2026-11-29T12:00:00.123Z"
+    assert parse_timestamp(utc_timestamp(moment)) == pytest.approx(moment.timestamp(), abs=1e-3)
+    assert parse_timestamp("2026-11-29T13:00:00+01:00") == moment.replace(microsecond=0).timestamp()
+    assert parse_timestamp("") is None and parse_timestamp("yesterday") is None
 
 
 def test_import_does_not_load_pandas() -> None:
@@ -388,14 +499,10 @@ def test_import_does_not_load_pandas() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_load_frame(tmp_path: Path) -> None:
-    path = tmp_path / "l.csv"
-    with open_ledger(path) as led:
-        led.append(make_row())
-        led.append(full_row())
-    frame = ledger_mod.load_frame(path)
-    assert list(frame["event"]) == ["intent", "finished"]
-    assert list(frame["state"]) == ["in doubt", "succeeded"]
+def test_rows_to_frame(tmp_path: Path) -> None:
+    frame = rows_to_frame([make_row(event=Event.TIMED_OUT, job_group_id=None), full_row()])
+    assert list(frame["event"]) == ["timed_out", "finished"]
+    assert list(frame["state"]) == ["timed_out", "succeeded"]  # State values
     assert frame["job_group_id"].iloc[1] == 4242 and frame["job_group_id"].isna().iloc[0]
     assert list(frame["param.Region"]) == ["01", "01"]
 
@@ -446,137 +553,52 @@ def test_cut_at_any_byte_yields_a_prefix(rows: list[LedgerRow], data: st.DataObj
         assert path.read_bytes().endswith(b"\n")
 
 
-def test_async_appender_group_commits_and_keeps_order(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Concurrent appends share fsyncs, each returns only once its row is on disk, order kept."""
-    import asyncio
-
-    from sweeper.appender import AsyncAppender
-
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
-    ledger = open_ledger(tmp_path / "l.csv")
-    calls.clear()
-    rows = [make_row(f"c{i:03d}") for i in range(50)]
-
-    async def main() -> list[int]:
-        appender = AsyncAppender(ledger)
-        seen_on_disk = []
-
-        async def one(row: LedgerRow) -> None:
-            await appender.append(row)
-            on_disk = {r.combo_id for r in read_ledger(tmp_path / "l.csv")}
-            seen_on_disk.append(int(row.combo_id in on_disk))
-
-        await asyncio.gather(*(one(r) for r in rows))
-        await appender.drain()
-        return seen_on_disk
-
-    seen = asyncio.run(main())
-    ledger.close()
-    assert seen == [1] * 50  # every awaited append was durable when it returned
-    assert 1 <= len(calls) < 50  # group commit: fewer fsyncs than rows
-    assert [r.combo_id for r in read_ledger(tmp_path / "l.csv")] == [r.combo_id for r in rows]
-
-
-def test_append_soon_rows_are_committed_with_the_next_awaited_row(tmp_path: Path) -> None:
-    """A row nobody waits for is on disk, in call order, once a later awaited append returns."""
-    import asyncio
-
-    from sweeper.appender import AsyncAppender
-
-    ledger = open_ledger(tmp_path / "l.csv")
-
-    async def main() -> list[str]:
-        appender = AsyncAppender(ledger)
-        appender.append_soon(make_row("c1"))
-        appender.append_soon(make_row("c2"))
-        await appender.append(make_row("c3"))
-        return [r.combo_id for r in read_ledger(tmp_path / "l.csv")]
-
-    assert asyncio.run(main()) == ["c1", "c2", "c3"]
-    ledger.close()
-
-
-def test_append_now_writes_queued_rows_first(tmp_path: Path) -> None:
-    import asyncio
-
-    from sweeper.appender import AsyncAppender
-
-    ledger = open_ledger(tmp_path / "l.csv")
-
-    async def main() -> list[str]:
-        appender = AsyncAppender(ledger)
-        appender.append_soon(make_row("queued"))
-        appender.append_now(make_row("now"))  # synchronous: on disk when it returns
-        return [r.combo_id for r in read_ledger(tmp_path / "l.csv")]
-
-    assert asyncio.run(main()) == ["queued", "now"]
-    ledger.close()
-
-
-def test_a_cancelled_caller_still_gets_its_row_written(tmp_path: Path) -> None:
-    import asyncio
-
-    from sweeper.appender import AsyncAppender
-
-    ledger = open_ledger(tmp_path / "l.csv")
-
-    async def main() -> None:
-        appender = AsyncAppender(ledger)
-        task = asyncio.create_task(appender.append(make_row("c1")))
-        await asyncio.sleep(0)  # the row is queued, its commit not yet run
-        task.cancel()
-        await appender.append(make_row("c2"))
-        assert task.cancelled()
-
-    asyncio.run(main())
-    assert [r.combo_id for r in read_ledger(tmp_path / "l.csv")] == ["c1", "c2"]
-    ledger.close()
-
-
-def test_a_failed_commit_is_raised_to_waiters_and_by_every_later_append(
+def test_a_failed_write_is_raised_by_every_later_append(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rows are never appended behind a write that failed (disk full, I/O error)."""
-    import asyncio
-    import errno
+    path = tmp_path / "l.csv"
+    led = open_ledger(path)
+    led.append(make_row("c1"))
+    real_write = os.write
 
-    from sweeper.appender import AsyncAppender
+    def half_then_full(fd: int, data: bytes) -> int:
+        if fd == led._fd:
+            monkeypatch.setattr(ledger_mod.os, "write", full)
+            return real_write(fd, bytes(data[:10]))  # part of the line reached the file
+        return real_write(fd, data)
 
-    ledger = open_ledger(tmp_path / "l.csv")
-    real = ledger.append_many
-    failures = iter([OSError(errno.ENOSPC, "No space left on device")])
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    def flaky(rows: list[LedgerRow]) -> None:
-        failure = next(failures, None)
-        if failure is not None:
-            raise failure
-        real(rows)
+    monkeypatch.setattr(ledger_mod.os, "write", half_then_full)
+    with pytest.raises(LedgerError, match="No space left"):
+        led.append(make_row("c2"))
+    monkeypatch.setattr(ledger_mod.os, "write", real_write)  # the disk has room again...
+    with pytest.raises(LedgerError, match="No space left"):
+        led.append(make_row("c3"))  # ...but nothing goes behind the torn line
+    led.close()
+    assert [r.combo_id for r in read_ledger(path)] == ["c1"]
+    assert [r.combo_id for r in led.rows] == ["c1"]
+    with open_ledger(path) as again:  # the next run moves the torn line aside and goes on
+        assert again.torn_tail is not None and again.torn_tail.size == 10
+        again.append(make_row("c3"))
+    assert [r.combo_id for r in read_ledger(path)] == ["c1", "c3"]
 
-    monkeypatch.setattr(ledger, "append_many", flaky)
 
-    async def main() -> list[str]:
-        appender = AsyncAppender(ledger)
-        appender.append_soon(make_row("lost"))  # nobody waits for it...
-        with pytest.raises(OSError, match="No space"):
-            await appender.append(make_row("waiting"))  # ...but its batch's waiter hears of it
-        outcomes = []
-        for attempt in (
-            lambda: appender.append_soon(make_row("after")),
-            lambda: appender.append_now(make_row("after")),
-        ):
-            with pytest.raises(OSError, match="No space"):
-                attempt()
-            outcomes.append("refused")
-        with pytest.raises(OSError, match="No space"):
-            await appender.append(make_row("after"))
-        with pytest.raises(OSError, match="No space"):
-            await appender.drain()
-        return outcomes
+def test_plan_and_status_refuse_the_ledger_of_another_sweep(project: Path) -> None:
+    from click.testing import CliRunner
 
-    assert asyncio.run(main()) == ["refused", "refused"]
-    assert read_ledger(tmp_path / "l.csv") == []  # nothing written after the failed batch
-    ledger.close()
+    from sweeper.cli import cli
+
+    ledger = project / "results" / "regions.csv"  # configs/regions.toml's ledger...
+    with open_ledger(ledger, sweep="nightly") as led:  # ...written by another sweep
+        led.append(make_row(sweep="nightly"))
+    for args in (
+        ["plan", "configs/regions.toml"],
+        ["status", "configs/regions.toml", "--no-refresh"],
+        ["status", str(ledger), "--no-refresh"],  # the sweep file is found in configs/
+    ):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "belongs to the sweep 'nightly' (line 2), not 'regions'" in result.stderr, args

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.ledger import Event, Ledger, LedgerRow, load_frame
+from sweeper.ledger import Event, Ledger, LedgerRow, read_ledger, rows_to_frame
 from sweeper.report import build_report, neutralize, render, write_html
 
 FORMULA = '=HYPERLINK("http://evil","x")'
@@ -72,10 +72,10 @@ def test_latest_run_counts_and_durations() -> None:
         "failed": 2,
         "rejected": 1,
         "canceled": 0,
-        "timed out": 0,
+        "timed_out": 0,
         "running": 1,
-        "in doubt": 1,
-        "not sent": 0,
+        "in_doubt": 1,
+        "not_sent": 0,
         "total": 6,
     }
     d = report.durations.iloc[0]
@@ -96,7 +96,7 @@ def test_failures_and_unfinished_tables() -> None:
     assert f["job_group_id"].iloc[0] == 11 and f["http_status"].iloc[1] == 422
     u = report.unfinished
     assert list(u["combo_id"]) == ["d", "e"]
-    assert list(u["state"]) == ["in doubt", "running"]
+    assert list(u["state"]) == ["in_doubt", "running"]
     assert u["execution_id"].iloc[0] == "swp-d" and u["job_group_id"].iloc[1] == 15
 
 
@@ -244,6 +244,19 @@ def test_report_from_ledger_file(tmp_path: Path) -> None:
     with Ledger.open(path, sweep="regions", param_names=["Region", "Type"]) as led:
         for r in ledger_rows():
             led.append(r)
-    from_file = build_report(load_frame(path))
+    from_file = build_report(rows_to_frame(read_ledger(path)))
     from_rows = build_report(ledger_rows())
     assert render(from_file, "json") == render(from_rows, "json")
+
+
+def test_people_read_state_labels_scripts_read_state_values(tmp_path: Path) -> None:
+    report = build_report(ledger_rows())
+    data = json.loads(render(report, "json"))
+    assert data["summary"]["in_doubt"] == 1 and "timed_out" in data["runs"][0]
+    assert [u["state"] for u in data["unfinished"]] == ["in_doubt", "running"]
+    for fmt in ("table", "markdown", "csv"):
+        text = render(report, fmt)  # type: ignore[arg-type]
+        assert "in doubt" in text and "timed out" in text, fmt
+        assert "in_doubt" not in text and "timed_out" not in text, fmt
+    page = write_html(report, tmp_path / "r.html").read_text("utf-8")
+    assert "in doubt" in page and "in_doubt" not in page

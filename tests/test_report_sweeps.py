@@ -224,7 +224,7 @@ def check_report_against_oracle(report: Report, facts: Mapping[tuple[str, str], 
     assert counts["failed"] == statuses["Failed"]
     assert counts["canceled"] == statuses["Canceled"]
     assert counts["total"] == len(facts)
-    assert counts["rejected"] == counts["in doubt"] == counts["not sent"] == 0
+    assert counts["rejected"] == counts["in_doubt"] == counts["not_sent"] == 0
 
     # durations: every group of the run ended; the API's createdAt -> updatedAt
     durations = [f["duration"] for f in facts.values()]
@@ -519,8 +519,8 @@ def test_timed_out_run_then_status_finishes_it(project: Path) -> None:
     ledger_path = load_config(config).sweep.ledger
     report = build_report(read_ledger(ledger_path))
     counts = dict(zip(report.summary["state"], report.summary["combinations"], strict=True))
-    assert counts["timed out"] == 2 and counts["succeeded"] == 6
-    assert set(report.unfinished["state"]) == {"timed out"}
+    assert counts["timed_out"] == 2 and counts["succeeded"] == 6
+    assert set(report.unfinished["state"]) == {"timed_out"}
     assert set(report.unfinished["job_group_id"]) == slow_ids
     assert report.durations.iloc[0]["finished"] == 6
 
