@@ -175,6 +175,24 @@ def test_recovers_after_transient_failures_and_304_is_a_result() -> None:
     assert len(sleep.delays) == 2
 
 
+class Failing:
+    """A callable that raises ``errors`` in turn, then returns "ok"."""
+
+    def __init__(self, *errors: ApiError) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return "ok"
+
+
+def _limited(retry_after: float | None = None) -> RateLimitedError:
+    return RateLimitedError("429", retry_after=retry_after, status_code=429)
+
+
 def test_success_first_time_does_not_sleep() -> None:
     fn = Failing()
     sleep = Recorder()
