@@ -2,14 +2,11 @@
 
 This is the only module that touches httpx exceptions: every transport error and every non-2xx
 answer is translated, in ``_translate`` and ``_raise_for_status``, into a
-``sweeper.errors.ApiError`` subclass whose ``failure`` says whether a resend is safe
-(reliability-perf §1.2). The client never retries; ``sweeper.retry.call_with_retry`` does, by
-failure class.
+``sweeper.errors.ApiError`` subclass whose ``failure`` says whether a resend is safe. The client
+never retries; ``sweeper.retry.call_with_retry`` does, by failure class.
 
-Throughput: httpx's default transport costs ~1.7 ms of CPU per request and one pool of it degrades
-above ~10 requests in flight (encode/httpx#3215), so direct connections go through
-``sweeper.transport.LeanTransport``; behind a proxy from the environment httpx's own transport is
-kept, since only it speaks to proxies.
+Connections are httpx's own (httpcore): proxies from the environment, keep-alive, TLS and the
+checks that keep a dead idle connection from being reused are httpx's, not ours.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import contextlib
 import json
 import logging
 import ssl
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,13 +34,12 @@ from sweeper.errors import (
 )
 from sweeper.redact import redact
 from sweeper.retry import parse_retry_after
-from sweeper.transport import LeanTransport
 
 log = logging.getLogger("sweeper.client")
 
 JOB_GROUPS = "v4/jobGroups"
 TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
-RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped (reliability-perf §2.1)
+RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped
 _DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
 _JOB_ERROR_CHARS = 500
 _JSON_HEADERS = {"Accept": "application/json"}
@@ -194,13 +189,6 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
     raise ApiRejectedError(
         f"{what} The server refused the request; sending it again will not help.", **meta
     )
-
-
-def _proxied(base_url: str) -> bool:
-    """A proxy for this URL's scheme is set in the environment (httpx's transport honours it)."""
-    proxies = urllib.request.getproxies_environment()
-    scheme = httpx.URL(base_url).scheme
-    return bool(proxies.get(scheme) or proxies.get("all"))
 
 
 def _describe(exc: Exception) -> str:
@@ -399,11 +387,12 @@ class DataprepClient:
     """Async client for POST/GET /v4/jobGroups; an async context manager.
 
     ``max_connections`` is the most requests the caller will have in flight at once (and the most
-    idle connections kept). Without ``transport``, direct connections go through
-    ``LeanTransport`` and proxied ones (a proxy set in the environment) through httpx's own;
-    ``transport`` replaces both (the embedded emulator, tests). ``timeout`` applies to connect,
-    read and write; waiting for a pooled connection is not timed, since the caller bounds
-    concurrency.
+    idle connections kept). Without ``transport``, httpx builds its own
+    (``httpx.AsyncHTTPTransport``) with these limits and ``verify``, and honours proxies from the
+    environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) as httpx
+    documents; ``transport`` replaces it (the embedded emulator, tests), proxies included.
+    ``timeout`` applies to connect, read and write; waiting for a pooled connection is not
+    timed, since the caller bounds concurrency.
     """
 
     def __init__(
@@ -418,11 +407,8 @@ class DataprepClient:
     ) -> None:
         self.base_url = str(base_url).rstrip("/") + "/"
         self._path_prefix = httpx.URL(self.base_url).path.rstrip("/") + "/"
-        if transport is None and not _proxied(self.base_url):
-            transport = LeanTransport(
-                verify=verify, max_keepalive_connections=max(1, max_connections)
-            )
-        # transport is still None behind a proxy: httpx builds its own, proxy mounts included.
+        # With transport=None httpx builds AsyncHTTPTransport itself, plus one per proxy found in
+        # the environment; passing one of our own would switch the proxy lookup off.
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             auth=auth,
@@ -434,6 +420,7 @@ class DataprepClient:
                 max_keepalive_connections=max(1, max_connections),
                 keepalive_expiry=5.0,
             ),
+            trust_env=True,
             follow_redirects=False,
             headers=_JSON_HEADERS,
         )
