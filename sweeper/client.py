@@ -32,6 +32,7 @@ from sweeper.errors import (
     AuthError,
     RateLimitedError,
 )
+from sweeper.ledger import one_line
 from sweeper.redact import redact
 from sweeper.retry import parse_retry_after
 
@@ -45,10 +46,10 @@ _JOB_ERROR_CHARS = 500
 _JSON_HEADERS = {"Accept": "application/json"}
 
 
-def one_line(text: str, limit: int) -> str:
-    """Collapse whitespace to single spaces, mask secrets, and cut to ``limit`` characters."""
-    flat = redact(" ".join(str(text).split()))
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+def _masked(text: object, limit: int) -> str:
+    """``text`` as one line with secrets masked, cut to ``limit`` characters."""
+    # Mask before cutting, so a secret cut in half cannot escape the pattern.
+    return one_line(redact(str(text)), limit)
 
 
 # --- result types -------------------------------------------------------------------------------
@@ -128,13 +129,13 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str]:
             if value in (None, ""):
                 continue
             parts.append(value if isinstance(value, str) else json.dumps(value, default=str))
-        return (str(name) if name else None), one_line(" - ".join(parts), _DETAIL_CHARS)
+        return (str(name) if name else None), _masked(" - ".join(parts), _DETAIL_CHARS)
     if body is None and response.content:
         try:
             text = response.content.decode("utf-8", errors="replace")
         except Exception:  # pragma: no cover - decode with errors="replace" does not raise
             text = ""
-        return None, one_line(text, _DETAIL_CHARS)
+        return None, _masked(text, _DETAIL_CHARS)
     return None, ""
 
 
@@ -193,7 +194,7 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
 
 def _describe(exc: Exception) -> str:
     """Exception class plus its (masked, one-line) text; httpx puts no headers in these."""
-    text = one_line(str(exc), 200)
+    text = _masked(str(exc), 200)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -276,7 +277,7 @@ def _error_text(value: Any) -> str:
         parts = [value.get(k) for k in ("name", "message", "details", "errorMessage")]
         text = " - ".join(str(p) for p in parts if p)
         value = text or json.dumps(value, default=str)
-    return one_line(str(value), _JOB_ERROR_CHARS)
+    return _masked(str(value), _JOB_ERROR_CHARS)
 
 
 def _parse_job(item: Any) -> JobState | None:
