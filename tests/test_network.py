@@ -17,17 +17,18 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
-from sweeper.client import DataprepClient
-from sweeper.errors import ApiConnectionError, ApiInDoubtError
+from sweeper.client import MAX_ANSWER_BYTES, DataprepClient
+from sweeper.errors import ApiConnectionError, ApiInDoubtError, ApiResponseError
 from sweeper.ledger import Event, read_ledger
 from sweeper.runner import RunEvent
 from tests.reliab_support import run_library
@@ -497,3 +498,68 @@ def test_https_without_the_ca_is_refused_before_anything_is_sent(
     assert "CERTIFICATE_VERIFY_FAILED" in str(info.value)
     assert "\n" not in str(info.value)
     assert api.seen == []
+
+
+# --- bounded, flat answers ----------------------------------------------------------------------
+
+
+def _client(handler: Any) -> DataprepClient:
+    return DataprepClient("http://api.test", transport=httpx.MockTransport(handler), timeout=5)
+
+
+async def _call(handler: Any, method: str) -> Exception:
+    async with _client(handler) as client:
+        try:
+            if method == "POST":
+                await client.create_job_group(BODY, execution_id="e1")
+            else:
+                await client.get_job_group(7)
+        except Exception as exc:
+            return exc
+    raise AssertionError("no error raised")
+
+
+NESTED = b"[" * 200_000 + b"]" * 200_000
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    ("method", "expected"), [("POST", ApiInDoubtError), ("GET", ApiResponseError)]
+)
+def test_a_body_nested_200000_deep_is_a_malformed_answer(method: str, expected: type) -> None:
+    err = run(
+        _call(lambda r: httpx.Response(201 if method == "POST" else 200, content=NESTED), method)
+    )
+    assert type(err) is expected
+    assert "not JSON (or nests too deeply)" in str(err) and "\n" not in str(err)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("method", "expected"), [("POST", ApiInDoubtError), ("GET", ApiResponseError)]
+)
+def test_an_endless_answer_is_cut_at_the_bound(method: str, expected: type) -> None:
+    """The body never ends: the client stops reading past 8 MB instead of buffering forever."""
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        chunk = b'{"data": [' + b" " * 65536
+        while True:
+            sent.append(len(chunk))
+            yield chunk
+
+    err = run(
+        _call(lambda r: httpx.Response(200 if method == "GET" else 201, content=endless()), method)
+    )
+    assert type(err) is expected
+    assert "larger than 8 MB" in str(err) and "\n" not in str(err)
+    assert MAX_ANSWER_BYTES < sum(sent) <= MAX_ANSWER_BYTES + 2 * 65546
+
+
+@pytest.mark.timeout(20)
+def test_an_oversized_error_answer_keeps_its_status_class() -> None:
+    """A huge 429 is still a rate limit (its text cut), not a malformed answer."""
+    big = b"x" * (MAX_ANSWER_BYTES + 10)
+    err = run(_call(lambda r: httpx.Response(429, content=big), "POST"))
+    assert err.failure.name == "REJECTED"
+    assert len(str(err)) < 1000
