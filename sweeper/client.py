@@ -2,14 +2,11 @@
 
 This is the only module that touches httpx exceptions: every transport error and every non-2xx
 answer is translated, in ``_translate`` and ``_raise_for_status``, into a
-``sweeper.errors.ApiError`` subclass whose ``failure`` says whether a resend is safe
-(reliability-perf §1.2). The client never retries; ``sweeper.retry.call_with_retry`` does, by
-failure class.
+``sweeper.errors.ApiError`` subclass whose ``failure`` says whether a resend is safe. The client
+never retries; ``sweeper.retry.call_with_retry`` does, by failure class.
 
-Throughput: httpx's default transport costs ~1.7 ms of CPU per request and one pool of it degrades
-above ~10 requests in flight (encode/httpx#3215), so direct connections go through
-``sweeper.transport.LeanTransport``; behind a proxy from the environment httpx's own transport is
-kept, since only it speaks to proxies.
+Connections are httpx's own (httpcore): proxies from the environment, keep-alive, TLS and the
+checks that keep a dead idle connection from being reused are httpx's, not ours.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ import contextlib
 import json
 import logging
 import ssl
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,24 +32,28 @@ from sweeper.errors import (
     AuthError,
     RateLimitedError,
 )
+from sweeper.ledger import one_line
 from sweeper.redact import redact
 from sweeper.retry import parse_retry_after
-from sweeper.transport import LeanTransport
 
 log = logging.getLogger("sweeper.client")
 
 JOB_GROUPS = "v4/jobGroups"
 TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
-RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped (reliability-perf §2.1)
+RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped
 _DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
 _JOB_ERROR_CHARS = 500
 _JSON_HEADERS = {"Accept": "application/json"}
 
 
-def one_line(text: str, limit: int) -> str:
-    """Collapse whitespace to single spaces, mask secrets, and cut to ``limit`` characters."""
-    flat = redact(" ".join(str(text).split()))
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+# API answers are small JSON documents; a bigger one is not the API, and is not read past this.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+
+
+def _masked(text: object, limit: int) -> str:
+    """``text`` as one line with secrets masked, cut to ``limit`` characters."""
+    # Mask before cutting, so a secret cut in half cannot escape the pattern.
+    return one_line(redact(str(text)), limit)
 
 
 # --- result types -------------------------------------------------------------------------------
@@ -111,17 +111,52 @@ class JobGroupState:
         return ""
 
 
+@dataclass(frozen=True)
+class _Answer:
+    """One response as read: status, headers and at most MAX_ANSWER_BYTES of decoded body."""
+
+    method: str
+    path: str  # for messages: no query, no host
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    oversized: bool  # the body went on past MAX_ANSWER_BYTES (content holds its start)
+
+
+async def _read_answer(response: httpx.Response, method: str, path: str) -> _Answer:
+    """Read the (decompressed) body of a streamed response, stopping past MAX_ANSWER_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    oversized = False
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            oversized = True
+            break
+    content = b"".join(chunks)[:MAX_ANSWER_BYTES]
+    return _Answer(method, path, response.status_code, response.headers, content, oversized)
+
+
+def _loads(content: bytes) -> Any:
+    """json.loads that reports nesting too deep for Python's stack as malformed JSON."""
+    try:
+        return json.loads(content)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 # --- error translation (the one place) ----------------------------------------------------------
 
 
-def _request_id(response: httpx.Response) -> str:
-    return str(response.headers.get("x-trifacta-request-id", ""))
+def _request_id(answer: _Answer) -> str:
+    return str(answer.headers.get("x-trifacta-request-id", ""))
 
 
-def _envelope(response: httpx.Response) -> tuple[str | None, str]:
+def _envelope(answer: _Answer) -> tuple[str | None, str]:
     """(exception name, one-line text) from the ``{"exception": {...}}`` envelope or raw body."""
     try:
-        body: Any = json.loads(response.content) if response.content else None
+        body: Any = _loads(answer.content) if answer.content else None
     except (ValueError, UnicodeDecodeError):
         body = None
     exc = body.get("exception") if isinstance(body, dict) else None
@@ -133,24 +168,21 @@ def _envelope(response: httpx.Response) -> tuple[str | None, str]:
             if value in (None, ""):
                 continue
             parts.append(value if isinstance(value, str) else json.dumps(value, default=str))
-        return (str(name) if name else None), one_line(" - ".join(parts), _DETAIL_CHARS)
-    if body is None and response.content:
-        try:
-            text = response.content.decode("utf-8", errors="replace")
-        except Exception:  # pragma: no cover - decode with errors="replace" does not raise
-            text = ""
-        return None, one_line(text, _DETAIL_CHARS)
+        return (str(name) if name else None), _masked(" - ".join(parts), _DETAIL_CHARS)
+    if body is None and answer.content:
+        text = answer.content[: _DETAIL_CHARS * 4].decode("utf-8", errors="replace")
+        return None, _masked(text, _DETAIL_CHARS)
     return None, ""
 
 
-def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
+def _raise_for_status(answer: _Answer) -> None:
     """Raise the ApiError matching a non-2xx, non-304 answer."""
-    code = response.status_code
+    code = answer.status_code
     if 200 <= code < 300 or code == 304:
         return
-    name, text = _envelope(response)
-    request_id = _request_id(response)
-    what = f"{method} {path} was answered {code}"
+    name, text = _envelope(answer)
+    request_id = _request_id(answer)
+    what = f"{answer.method} {answer.path} was answered {code}"
     if name:
         what += f" {name}"
     if text:
@@ -160,7 +192,7 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
     meta: dict[str, Any] = {"status_code": code, "name": name, "request_id": request_id or None}
     if code in (429, 503):
         waits = [
-            parse_retry_after(response.headers.get(h), cap=RETRY_AFTER_CAP)
+            parse_retry_after(answer.headers.get(h), cap=RETRY_AFTER_CAP)
             for h in ("x-retry-after", "retry-after")
         ]
         retry_after = max((w for w in waits if w is not None), default=None)
@@ -186,7 +218,7 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
             **meta,
         )
     if 300 <= code < 400:
-        location = httpx.URL(response.headers.get("location", "")).path or "?"
+        location = httpx.URL(answer.headers.get("location", "")).path or "?"
         raise ApiRejectedError(
             f"{what} The API redirected to {location}: set api.base_url to the final URL.",
             **meta,
@@ -196,16 +228,9 @@ def _raise_for_status(response: httpx.Response, method: str, path: str) -> None:
     )
 
 
-def _proxied(base_url: str) -> bool:
-    """A proxy for this URL's scheme is set in the environment (httpx's transport honours it)."""
-    proxies = urllib.request.getproxies_environment()
-    scheme = httpx.URL(base_url).scheme
-    return bool(proxies.get(scheme) or proxies.get("all"))
-
-
 def _describe(exc: Exception) -> str:
     """Exception class plus its (masked, one-line) text; httpx puts no headers in these."""
-    text = one_line(str(exc), 200)
+    text = _masked(str(exc), 200)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -238,23 +263,30 @@ def _translate(method: str, path: str) -> Iterator[None]:
 # --- response parsing ---------------------------------------------------------------------------
 
 
-def _bad_shape(response: httpx.Response, what: str) -> NoReturn:
-    method, path = response.request.method, response.request.url.path
-    request_id = _request_id(response)
+def _bad_shape(answer: _Answer, what: str) -> NoReturn:
+    """Raise for a 2xx answer sweeper cannot use: in doubt for a POST, which may have acted."""
+    request_id = _request_id(answer)
     ref = f" (request id {request_id})" if request_id else ""
+    said = f"{answer.method} {answer.path} answered {answer.status_code} but {what}{ref}"
+    meta: dict[str, Any] = {"status_code": answer.status_code, "request_id": request_id or None}
+    if answer.method == "POST":
+        raise ApiInDoubtError(
+            f"{said}; the server may have acted on it. Resend only with the same "
+            "x-execution-id, or look it up.",
+            **meta,
+        )
     raise ApiResponseError(
-        f"{method} {path} answered {response.status_code} but {what}{ref}; the server does not "
-        "follow the documented v4 API. Check api.base_url.",
-        status_code=response.status_code,
-        request_id=request_id or None,
+        f"{said}; the server does not follow the documented v4 API. Check api.base_url.", **meta
     )
 
 
-def _json(response: httpx.Response) -> Any:
+def _json(answer: _Answer) -> Any:
+    if answer.oversized:
+        _bad_shape(answer, f"the body is larger than {MAX_ANSWER_BYTES // (1024 * 1024)} MB")
     try:
-        return json.loads(response.content)
+        return _loads(answer.content)
     except (ValueError, UnicodeDecodeError):
-        _bad_shape(response, "the body is not JSON")
+        _bad_shape(answer, "the body is not JSON (or nests too deeply)")
 
 
 def _int(value: Any) -> int | None:
@@ -288,7 +320,7 @@ def _error_text(value: Any) -> str:
         parts = [value.get(k) for k in ("name", "message", "details", "errorMessage")]
         text = " - ".join(str(p) for p in parts if p)
         value = text or json.dumps(value, default=str)
-    return one_line(str(value), _JOB_ERROR_CHARS)
+    return _masked(str(value), _JOB_ERROR_CHARS)
 
 
 def _parse_job(item: Any) -> JobState | None:
@@ -399,11 +431,12 @@ class DataprepClient:
     """Async client for POST/GET /v4/jobGroups; an async context manager.
 
     ``max_connections`` is the most requests the caller will have in flight at once (and the most
-    idle connections kept). Without ``transport``, direct connections go through
-    ``LeanTransport`` and proxied ones (a proxy set in the environment) through httpx's own;
-    ``transport`` replaces both (the embedded emulator, tests). ``timeout`` applies to connect,
-    read and write; waiting for a pooled connection is not timed, since the caller bounds
-    concurrency.
+    idle connections kept). Without ``transport``, httpx builds its own
+    (``httpx.AsyncHTTPTransport``) with these limits and ``verify``, and honours proxies from the
+    environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) as httpx
+    documents; ``transport`` replaces it (the embedded emulator, tests), proxies included.
+    ``timeout`` applies to connect, read and write; waiting for a pooled connection is not
+    timed, since the caller bounds concurrency.
     """
 
     def __init__(
@@ -418,11 +451,8 @@ class DataprepClient:
     ) -> None:
         self.base_url = str(base_url).rstrip("/") + "/"
         self._path_prefix = httpx.URL(self.base_url).path.rstrip("/") + "/"
-        if transport is None and not _proxied(self.base_url):
-            transport = LeanTransport(
-                verify=verify, max_keepalive_connections=max(1, max_connections)
-            )
-        # transport is still None behind a proxy: httpx builds its own, proxy mounts included.
+        # With transport=None httpx builds AsyncHTTPTransport itself, plus one per proxy found in
+        # the environment; passing one of our own would switch the proxy lookup off.
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             auth=auth,
@@ -434,6 +464,7 @@ class DataprepClient:
                 max_keepalive_connections=max(1, max_connections),
                 keepalive_expiry=5.0,
             ),
+            trust_env=True,
             follow_redirects=False,
             headers=_JSON_HEADERS,
         )
@@ -460,21 +491,27 @@ class DataprepClient:
         params: Mapping[str, str | int] | None = None,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """One request; returns a 2xx/304 response or raises the matching ApiError."""
+    ) -> _Answer:
+        """One request; returns a 2xx/304 answer or raises the matching ApiError."""
         url_path = self._path_prefix + path  # for messages: no query, no host
         send_headers = dict(headers or {})
         if body is not None:
             send_headers["Content-Type"] = "application/json"
+        request = self._client.build_request(
+            method,
+            path,
+            params=params,
+            content=json.dumps(body).encode("utf-8") if body is not None else None,
+            headers=send_headers,
+        )
         try:
             with _translate(method, url_path):
-                response = await self._client.request(
-                    method,
-                    path,
-                    params=params,
-                    content=json.dumps(body).encode("utf-8") if body is not None else None,
-                    headers=send_headers,
-                )
+                # Streamed, so that an endless or huge body is cut at MAX_ANSWER_BYTES.
+                response = await self._client.send(request, stream=True)
+                try:
+                    answer = await _read_answer(response, method, url_path)
+                finally:
+                    await response.aclose()
         except ApiError as exc:
             log.debug("%s %s -> %s", method, url_path, type(exc).__name__)
             raise
@@ -482,36 +519,35 @@ class DataprepClient:
             "%s %s -> %s (request id %s)",
             method,
             url_path,
-            response.status_code,
-            _request_id(response) or "-",
+            answer.status_code,
+            _request_id(answer) or "-",
         )
-        _raise_for_status(response, method, url_path)
-        return response
+        _raise_for_status(answer)
+        return answer
 
     async def create_job_group(self, body: Mapping[str, Any], *, execution_id: str) -> Submission:
         """POST /v4/jobGroups with ``x-execution-id``; 201 -> ids, 304 -> duplicate (no body)."""
         if not execution_id:
             raise ValueError("create_job_group needs an execution id (x-execution-id)")
-        method = "POST"
-        response = await self._send(
-            method, JOB_GROUPS, body=dict(body), headers={"x-execution-id": execution_id}
+        answer = await self._send(
+            "POST", JOB_GROUPS, body=dict(body), headers={"x-execution-id": execution_id}
         )
-        request_id = _request_id(response)
-        if response.status_code == 304:
+        request_id = _request_id(answer)
+        if answer.status_code == 304:
             return Submission(304, None, "", (), request_id)
-        payload = _json(response)
+        payload = _json(answer)
         if not isinstance(payload, dict):
-            _bad_shape(response, "the body is not a JSON object")
+            _bad_shape(answer, "the body is not a JSON object")
         group_id = _int(payload.get("id"))
         if group_id is None:
             group_id = _int(payload.get("jobgroupId"))  # v3-era servers
         if group_id is None:
-            _bad_shape(response, "the body has no job group id")
+            _bad_shape(answer, "the body has no job group id")
         raw_jobs = _data_list(payload.get("jobs")) or []
         job_ids = tuple(j for j in (_ref_id(x) for x in raw_jobs) if j is not None)
         session = payload.get("sessionId")
         return Submission(
-            status_code=response.status_code,
+            status_code=answer.status_code,
             job_group_id=group_id,
             session_id=str(session) if session else "",
             job_ids=job_ids,
@@ -523,28 +559,28 @@ class DataprepClient:
     ) -> JobGroupState:
         """GET /v4/jobGroups/{id} with its jobs embedded (one request)."""
         path = f"{JOB_GROUPS}/{int(job_group_id)}"
-        response = await self._send("GET", path, params={"embed": embed} if embed else None)
-        group = _parse_group(_json(response))
+        answer = await self._send("GET", path, params={"embed": embed} if embed else None)
+        group = _parse_group(_json(answer))
         if group is None:
-            _bad_shape(response, "the body is not a job group")
+            _bad_shape(answer, "the body is not a job group")
         return group
 
     async def get_jobs(self, job_group_id: int) -> tuple[JobState, ...]:
         """GET /v4/jobGroups/{id}/jobs, in the server's (execution) order."""
         path = f"{JOB_GROUPS}/{int(job_group_id)}/jobs"
-        response = await self._send("GET", path)
-        items = _data_list(_json(response))
+        answer = await self._send("GET", path)
+        items = _data_list(_json(answer))
         if items is None:
-            _bad_shape(response, "the body has no data list")
+            _bad_shape(answer, "the body has no data list")
         return tuple(j for j in (_parse_job(x) for x in items) if j is not None)
 
     async def get_status(self, job_group_id: int) -> str:
         """GET /v4/jobGroups/{id}/status: a bare JSON string such as "Complete"."""
         path = f"{JOB_GROUPS}/{int(job_group_id)}/status"
-        response = await self._send("GET", path)
-        status = _json(response)
+        answer = await self._send("GET", path)
+        status = _json(answer)
         if not isinstance(status, str):
-            _bad_shape(response, "the body is not a status string")
+            _bad_shape(answer, "the body is not a status string")
         return status
 
     async def cancel_job_group(
@@ -556,15 +592,15 @@ class DataprepClient:
         """
         path = f"{JOB_GROUPS}/{int(job_group_id)}/cancel"
         headers = {"x-execution-id": execution_id} if execution_id else None
-        response = await self._send("POST", path, body={}, headers=headers)
-        if not response.content:
+        answer = await self._send("POST", path, body={}, headers=headers)
+        if not answer.content:
             return ()
-        payload = _json(response)
+        payload = _json(answer)
         ids = payload.get("jobIds") if isinstance(payload, dict) else None
         if ids is None:
             return ()
         if not isinstance(ids, list):
-            _bad_shape(response, "jobIds is not a list")
+            _bad_shape(answer, "jobIds is not a list")
         return tuple(i for i in (_int(x) for x in ids) if i is not None)
 
     async def list_job_groups(
@@ -579,10 +615,10 @@ class DataprepClient:
         params: dict[str, str | int] = {"limit": limit, "offset": offset, "sort": sort}
         if embed:
             params["embed"] = embed
-        response = await self._send("GET", JOB_GROUPS, params=params)
-        items = _data_list(_json(response))
+        answer = await self._send("GET", JOB_GROUPS, params=params)
+        items = _data_list(_json(answer))
         if items is None:
-            _bad_shape(response, "the body has no data list")
+            _bad_shape(answer, "the body has no data list")
         return [g for g in (_parse_group(x) for x in items) if g is not None]
 
     async def find_job_group(
@@ -615,11 +651,11 @@ class DataprepClient:
     async def get_outputs(self, job_group_id: int) -> tuple[str, ...]:
         """GET /v4/jobGroups/{id}/outputs -> files[].path."""
         path = f"{JOB_GROUPS}/{int(job_group_id)}/outputs"
-        response = await self._send("GET", path)
-        payload = _json(response)
+        answer = await self._send("GET", path)
+        payload = _json(answer)
         files = payload.get("files") if isinstance(payload, dict) else None
         if not isinstance(files, list):
-            _bad_shape(response, "the body has no files list")
+            _bad_shape(answer, "the body has no files list")
         out: list[str] = []
         for item in files:
             if isinstance(item, str):
