@@ -389,3 +389,15 @@ def test_fifo_readable_by_others_names_the_type_first(tmp_path: Path) -> None:
     os.mkfifo(path)
     path.chmod(0o644)
     assert "not a regular file" in _refused(path)
+
+
+def test_tokens_issued_by_an_oauth_refresh_are_masked() -> None:
+    from sweeper.redact import clear_secrets, redact
+
+    clear_secrets()
+    try:
+        server = OAuthServer(valid={"access-new-1"})
+        assert _status(server, OAUTH_ENV) == ["Complete"]
+        assert redact("got access-new-1 and refresh-2") == "got *** and ***"
+    finally:
+        clear_secrets()
