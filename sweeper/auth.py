@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import ssl
 import stat
 import time
@@ -22,7 +23,7 @@ import httpx
 
 from sweeper.config import ApiSettings
 from sweeper.errors import AuthError, ConfigError
-from sweeper.redact import redact
+from sweeper.redact import MIN_SECRET_LENGTH, add_secrets, basic_forms, redact
 
 DEMO_TOKEN = "sweeper-embedded-demo-token"  # the embedded emulator accepts any bearer token
 _REFRESH_MARGIN = 30.0  # refresh an OAuth access token this many seconds before it expires
@@ -116,6 +117,8 @@ class OAuthRefreshAuth(httpx.Auth):
         new_refresh = payload.get("refresh_token")
         if isinstance(new_refresh, str) and new_refresh:  # rotating refresh tokens
             self._refresh_token = new_refresh
+        # Tokens issued mid-run were not known when redaction was installed: mask them too.
+        add_secrets([token, self._refresh_token])
         expires_in = payload.get("expires_in")
         if isinstance(expires_in, (int, float)) and expires_in > 0:
             self._expires_at = self._clock() + float(expires_in)
@@ -159,31 +162,111 @@ def _env(environ: Mapping[str, str], name: str) -> str:
     return environ.get(name, "").strip()
 
 
-def read_token_file(path: Path) -> str:
-    """Read a token file that only its owner can read; ConfigError otherwise."""
+_TOKEN_FILE_MAX_BYTES = 64 * 1024  # far above any real token; a bigger file is the wrong file
+
+
+def _token_file_error(path: Path, message: str) -> ConfigError:
+    return ConfigError(message, path=str(path), key="api.token_file")
+
+
+def _read_token_bytes(path: Path) -> bytes:
+    """The bytes of a regular, owner-only file; ConfigError for anything else (never blocks)."""
     try:
-        mode = path.stat().st_mode
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ConfigError(
-            f"The token file cannot be read ({exc.strerror}); check api.token_file.",
-            path=str(path),
-            key="api.token_file",
+        raise _token_file_error(
+            path, f"The token file cannot be read ({exc.strerror}); check api.token_file."
         ) from None
-    if mode & 0o077:
-        raise ConfigError(
-            f"The token file is readable by group or others (mode {stat.filemode(mode)}); "
-            f"restrict it with `chmod 600 {path}` and run again.",
-            path=str(path),
-            key="api.token_file",
+    try:
+        # fstat the descriptor we opened, so the checks apply to what is actually read.
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _token_file_error(
+                path, "The token file is a directory; point api.token_file at the file itself."
+            )
+        if not stat.S_ISREG(mode):
+            raise _token_file_error(
+                path,
+                "The token file is not a regular file (a FIFO, socket or device); put the "
+                "token in an ordinary file only you can read and point api.token_file at it.",
+            )
+        if mode & 0o077:
+            raise _token_file_error(
+                path,
+                f"The token file is readable by group or others (mode {stat.filemode(mode)}); "
+                f"restrict it with `chmod 600 {path}` and run again.",
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= _TOKEN_FILE_MAX_BYTES:
+            chunk = os.read(fd, _TOKEN_FILE_MAX_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    except OSError as exc:
+        raise _token_file_error(
+            path, f"The token file cannot be read ({exc.strerror}); check api.token_file."
+        ) from None
+    finally:
+        os.close(fd)
+    if len(data) > _TOKEN_FILE_MAX_BYTES:
+        raise _token_file_error(
+            path,
+            f"The token file is larger than {_TOKEN_FILE_MAX_BYTES // 1024} KiB, so it is not a "
+            "token file; point api.token_file at the file that holds only the access token.",
         )
-    token = path.read_text(encoding="utf-8").strip()
-    if not token:
-        raise ConfigError(
-            "The token file is empty; put the access token in it.",
-            path=str(path),
-            key="api.token_file",
+    return data
+
+
+def read_token_file(path: Path) -> str:
+    """The token in a regular file only its owner can read; ConfigError otherwise.
+
+    The file holds the token alone, on one line (surrounding blank lines and whitespace are
+    ignored). The message never shows the file's content.
+    """
+    data = _read_token_bytes(path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _token_file_error(
+            path,
+            f"The token file is not UTF-8 text (byte {exc.start} cannot be decoded); is it the "
+            "right file? Put only the access token in it, as plain text.",
+        ) from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise _token_file_error(path, "The token file is empty; put the access token in it.")
+    if len(lines) > 1:
+        raise _token_file_error(
+            path,
+            f"The token file holds {len(lines)} non-empty lines, but it must hold only the access "
+            "token, on one line; remove the other lines (comments, a second token).",
         )
-    return token
+    token = lines[0]
+    if any(c.isspace() for c in token):
+        raise _token_file_error(
+            path,
+            "The token in the token file contains spaces; put only the token in it (without "
+            "'Bearer ' or a variable name).",
+        )
+    return _long_enough(token, "The token in the token file", path, "api.token_file")
+
+
+def _long_enough(value: str, what: str, path: Path | None, key: str) -> str:
+    """``value``, or ConfigError when it is too short to be masked in logs without garbling them."""
+    if len(value) < MIN_SECRET_LENGTH:
+        raise ConfigError(
+            f"{what} is only {len(value)} characters long; sweeper refuses credentials shorter "
+            f"than {MIN_SECRET_LENGTH} characters, because masking one in logs and error messages "
+            "would hide every occurrence of its letters (and it is easy to guess). Use the real "
+            "credential.",
+            path=str(path) if path else None,
+            key=key,
+        )
+    return value
 
 
 def _token_file(api: ApiSettings, config_path: Path | None) -> Path | None:
@@ -199,7 +282,9 @@ def _token_file(api: ApiSettings, config_path: Path | None) -> Path | None:
 def _bearer_token(api: ApiSettings, environ: Mapping[str, str], config_path: Path | None) -> str:
     token = _env(environ, api.token_env)
     if token:
-        return token
+        return _long_enough(
+            token, f"The access token in ${api.token_env}", config_path, "api.token_env"
+        )
     path = _token_file(api, config_path)
     if path is not None:
         return read_token_file(path)
@@ -230,12 +315,20 @@ def build_auth(
 ) -> httpx.Auth | None:
     """The ``httpx.Auth`` for ``api``; ConfigError when a credential is missing or unsafe."""
     if api.embedded:
-        return BearerAuth(_env(environ, api.token_env) or DEMO_TOKEN)
+        token = _env(environ, api.token_env)
+        if token:
+            _long_enough(
+                token, f"The access token in ${api.token_env}", config_path, "api.token_env"
+            )
+        return BearerAuth(token or DEMO_TOKEN)
     if api.auth == "bearer":
         return BearerAuth(_bearer_token(api, environ, config_path))
     if api.auth == "basic":
         username = _required(environ, api.username_env, "username", "api.username_env", config_path)
         password = _required(environ, api.password_env, "password", "api.password_env", config_path)
+        _long_enough(
+            password, f"The password in ${api.password_env}", config_path, "api.password_env"
+        )
         return httpx.BasicAuth(username, password)
     if api.auth == "oauth":
         if not api.token_url:
@@ -252,14 +345,21 @@ def build_auth(
             "api.refresh_token_env",
             config_path,
         )
+        what = f"The OAuth refresh token in ${api.refresh_token_env}"
+        _long_enough(refresh, what, config_path, "api.refresh_token_env")
         client_id = _required(
             environ, api.client_id_env, "OAuth client id", "api.client_id_env", config_path
         )
+        access = _env(environ, api.token_env)
+        if access:
+            _long_enough(
+                access, f"The access token in ${api.token_env}", config_path, "api.token_env"
+            )
         return OAuthRefreshAuth(
             token_url=api.token_url,
             refresh_token=refresh,
             client_id=client_id,
-            access_token=_env(environ, api.token_env) or None,
+            access_token=access or None,
         )
     raise ConfigError(
         f'Unknown authentication scheme "{redact(api.auth)}"; use "bearer", "basic" or "oauth".',
@@ -271,13 +371,21 @@ def build_auth(
 def secrets(
     api: ApiSettings, environ: Mapping[str, str], *, config_path: Path | None = None
 ) -> tuple[str, ...]:
-    """The secret values in play, for ``redact.install_redaction``; never raises."""
+    """The secret values in play, in every form they are sent, for ``install_redaction``.
+
+    Never raises and never blocks (a token file that cannot be read safely is skipped; using it
+    fails in ``build_auth``).
+    """
     names = [api.token_env, api.password_env, api.refresh_token_env]
     values = [_env(environ, n) for n in names]
+    password = _env(environ, api.password_env)
+    username = _env(environ, api.username_env)
+    if password and username:
+        values += basic_forms(username, password)
     path = _token_file(api, config_path)
     if path is not None:
-        with contextlib.suppress(OSError, UnicodeDecodeError):
-            values.append(path.read_text(encoding="utf-8").strip())
+        with contextlib.suppress(ConfigError):
+            values.append(read_token_file(path))
     return tuple(dict.fromkeys(v for v in values if v))
 
 

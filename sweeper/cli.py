@@ -609,7 +609,7 @@ def emulator_serve(
     import secrets as token_source
 
     from sweeper.emulator import EmulatorSettings, load_faults
-    from sweeper.emulator.serve import serve
+    from sweeper.emulator.serve import exposure_warning, serve
 
     with _exit_codes():
         token = os.environ.get(token_env) if token_env else None
@@ -638,6 +638,9 @@ def emulator_serve(
                 )
             click.echo(f'point a sweep at it with: [api] base_url = "{base_url}"', err=True)
 
+        warning = exposure_warning(host, token_required=bool(token))
+        if warning:
+            click.echo(warning, err=True)
         serve(settings, host=host, port=port, on_ready=ready)
 
 

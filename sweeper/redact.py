@@ -8,12 +8,17 @@ string, e.g. server error text before it goes into an exception message or the l
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import threading
 from collections.abc import Iterable
 
 MASK = "***"
+# A secret shorter than this would mask every occurrence of its letters in ordinary text (a token
+# "ab" turns "table" into "t***le"), so it can neither be masked safely nor be trusted as a
+# credential: sweeper.auth refuses such credentials, and add_secrets() skips them.
+MIN_SECRET_LENGTH = 8
 
 # "Bearer <token>" / "Basic <b64>" wherever they appear, also inside httpcore's header tuples
 # (b'Bearer abc'), so the value stops at whitespace or a quote.
@@ -37,11 +42,27 @@ def _compile(secrets: set[str]) -> re.Pattern[str] | None:
 
 
 def add_secrets(secrets: Iterable[str]) -> None:
-    """Register more secret values to mask (empty and whitespace-only values are ignored)."""
+    """Register more secret values to mask.
+
+    Values shorter than ``MIN_SECRET_LENGTH`` (after stripping) are skipped: masking them would
+    garble unrelated text. Credentials in use are never that short (``sweeper.auth`` refuses them).
+    """
     global _pattern
     with _lock:
-        _secrets.update(s for s in (v.strip() for v in secrets) if s)
+        _secrets.update(s for s in (v.strip() for v in secrets) if len(s) >= MIN_SECRET_LENGTH)
         _pattern = _compile(_secrets)
+
+
+def basic_forms(username: str, password: str) -> tuple[str, ...]:
+    """Every form HTTP Basic credentials travel in: the password, ``user:password`` and its base64.
+
+    A server that echoes the Authorization value without the ``Basic`` prefix (or a proxy log that
+    quotes it) shows only the base64, which the scheme pattern cannot recognise. The unpadded
+    base64 is included too, for text that drops the ``=`` padding.
+    """
+    pair = f"{username}:{password}"
+    encoded = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return tuple(dict.fromkeys((password, pair, encoded, encoded.rstrip("="))))
 
 
 def clear_secrets() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,9 @@ def test_token_file_0600_is_accepted_and_env_wins(tmp_path: Path) -> None:
     assert auth_header(build_auth(ApiSettings(base_url=URL, token_file=path), {})) == (
         f"Bearer {SENTINEL}"
     )
-    env_auth = build_auth(ApiSettings(base_url=URL, token_file=path), {"DATAPREP_TOKEN": "e"})
-    assert auth_header(env_auth) == "Bearer e"
+    env = {"DATAPREP_TOKEN": "env-token-wins"}
+    env_auth = build_auth(ApiSettings(base_url=URL, token_file=path), env)
+    assert auth_header(env_auth) == "Bearer env-token-wins"
 
 
 def test_relative_token_file_resolves_against_the_config_file(tmp_path: Path) -> None:
@@ -95,7 +97,8 @@ def test_empty_or_missing_token_file(tmp_path: Path) -> None:
 
 def test_embedded_uses_a_demo_token_unless_one_is_set() -> None:
     assert auth_header(build_auth(ApiSettings(), {})) == f"Bearer {DEMO_TOKEN}"
-    assert auth_header(build_auth(ApiSettings(), {"DATAPREP_TOKEN": "t"})) == "Bearer t"
+    env = {"DATAPREP_TOKEN": "my-own-token"}
+    assert auth_header(build_auth(ApiSettings(), env)) == "Bearer my-own-token"
 
 
 def test_basic_auth_from_env() -> None:
@@ -110,17 +113,27 @@ def test_basic_auth_from_env() -> None:
 
 def test_unknown_scheme_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="bearer"):
-        build_auth(ApiSettings(base_url=URL, auth="kerberos"), {"DATAPREP_TOKEN": "t"})
+        build_auth(ApiSettings(base_url=URL, auth="kerberos"), {"DATAPREP_TOKEN": SENTINEL})
 
 
 def test_secrets_lists_values_in_play() -> None:
     env = {
-        "DATAPREP_TOKEN": "a",
-        "DATAPREP_PASSWORD": "b",
-        "DATAPREP_REFRESH_TOKEN": "c",
-        "DATAPREP_USERNAME": "not-secret",
+        "DATAPREP_TOKEN": "token-aaaa",
+        "DATAPREP_REFRESH_TOKEN": "refresh-cccc",
     }
-    assert set(secrets(ApiSettings(base_url=URL), env)) == {"a", "b", "c"}
+    assert set(secrets(ApiSettings(base_url=URL), env)) == {"token-aaaa", "refresh-cccc"}
+
+
+def test_secrets_lists_every_form_basic_credentials_travel_in() -> None:
+    env = {"DATAPREP_USERNAME": "not-secret", "DATAPREP_PASSWORD": "password-bbbb"}
+    found = set(secrets(ApiSettings(base_url=URL, auth="basic"), env))
+    encoded = base64.b64encode(b"not-secret:password-bbbb").decode()
+    assert {"password-bbbb", "not-secret:password-bbbb", encoded} <= found
+    assert "not-secret" not in found  # a user name alone is not a secret
+    # what the client really sends is one of these forms
+    assert auth_header(build_auth(ApiSettings(base_url=URL, auth="basic"), env)) == (
+        f"Basic {encoded}"
+    )
 
 
 # --- OAuth ---------------------------------------------------------------------------------------
@@ -257,3 +270,134 @@ def test_ca_bundle(tmp_path: Path) -> None:
     context = build_verify(ApiSettings(base_url=URL, ca_bundle=Path(certifi.where())))
     assert isinstance(context, ssl.SSLContext)
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+# --- credentials too short to mask ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("api", "env", "key"),
+    [
+        (ApiSettings(base_url=URL), {"DATAPREP_TOKEN": "abc"}, "api.token_env"),
+        (ApiSettings(), {"DATAPREP_TOKEN": "abc"}, "api.token_env"),  # embedded, own token
+        (
+            ApiSettings(base_url=URL, auth="basic"),
+            {"DATAPREP_USERNAME": "ann", "DATAPREP_PASSWORD": "abc"},
+            "api.password_env",
+        ),
+        (
+            OAUTH,
+            {"DATAPREP_REFRESH_TOKEN": "abc", "DATAPREP_CLIENT_ID": "cid"},
+            "api.refresh_token_env",
+        ),
+        (OAUTH, {**OAUTH_ENV, "DATAPREP_TOKEN": "abc"}, "api.token_env"),
+    ],
+    ids=["bearer", "embedded", "basic-password", "oauth-refresh", "oauth-access"],
+)
+def test_credentials_too_short_to_mask_are_refused(
+    api: ApiSettings, env: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_auth(api, env)
+    text = str(info.value)
+    assert info.value.key == key
+    assert "3 characters" in text and "shorter than 8" in text and "mask" in text
+    assert "abc" not in text
+
+
+def test_the_demo_token_and_an_eight_character_token_are_accepted() -> None:
+    assert len(DEMO_TOKEN) >= 8  # the built-in demo token needs no exemption
+    assert auth_header(build_auth(ApiSettings(), {})) == f"Bearer {DEMO_TOKEN}"
+    assert auth_header(build_auth(ApiSettings(base_url=URL), {"DATAPREP_TOKEN": "12345678"})) == (
+        "Bearer 12345678"
+    )
+
+
+def test_short_values_are_not_registered_for_masking() -> None:
+    from sweeper.redact import clear_secrets, install_redaction, redact, uninstall_redaction
+
+    clear_secrets()
+    try:
+        install_redaction(["ab", SENTINEL])
+        assert redact(f"a table of {SENTINEL}") == "a table of ***"  # not "t***le"
+    finally:
+        uninstall_redaction()
+
+
+# --- token files that are not what they should be -----------------------------------------------
+
+
+def _refused(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        build_auth(ApiSettings(base_url=URL, token_file=path), {})
+    assert info.value.key == "api.token_file"
+    text = str(info.value)
+    assert str(path) in text  # the file is named
+    return text
+
+
+def test_token_file_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_bytes(b"\xff\xfe" + SENTINEL.encode("utf-16-le"))
+    path.chmod(0o600)
+    text = _refused(path)
+    assert "not UTF-8" in text and "byte 0" in text
+    assert SENTINEL not in text
+
+
+def test_token_file_is_a_directory(tmp_path: Path) -> None:
+    path = tmp_path / "tokendir"
+    path.mkdir(mode=0o700)
+    assert "is a directory" in _refused(path)
+
+
+@pytest.mark.timeout(15)
+def test_token_file_is_a_fifo_and_nothing_hangs(tmp_path: Path) -> None:
+    path = tmp_path / "token.fifo"
+    os.mkfifo(path, 0o600)
+    assert "not a regular file" in _refused(path)
+    # secrets() reads the same file for redaction: it must not block either
+    assert secrets(ApiSettings(base_url=URL, token_file=path), {}) == ()
+
+
+def test_token_file_with_two_lines(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o600, f"{SENTINEL}\n\nsecond-token-value\n")
+    text = _refused(path)
+    assert "2 non-empty lines" in text and "only the access token" in text
+    assert SENTINEL not in text and "second-token-value" not in text
+
+
+def test_token_file_with_a_scheme_or_spaces(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o600, f"Bearer {SENTINEL}\n")
+    assert "contains spaces" in _refused(path)
+
+
+def test_token_file_too_short(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o600, "abc\n")
+    assert "shorter than 8" in _refused(path)
+
+
+def test_token_file_blank_lines_and_crlf_are_fine(tmp_path: Path) -> None:
+    path = _token_file(tmp_path, 0o600, f"\r\n{SENTINEL}\r\n\r\n")
+    assert auth_header(build_auth(ApiSettings(base_url=URL, token_file=path), {})) == (
+        f"Bearer {SENTINEL}"
+    )
+
+
+def test_fifo_readable_by_others_names_the_type_first(tmp_path: Path) -> None:
+    path = tmp_path / "open.fifo"
+    os.mkfifo(path)
+    path.chmod(0o644)
+    assert "not a regular file" in _refused(path)
+
+
+def test_tokens_issued_by_an_oauth_refresh_are_masked() -> None:
+    from sweeper.redact import clear_secrets, redact
+
+    clear_secrets()
+    try:
+        server = OAuthServer(valid={"access-new-1"})
+        assert _status(server, OAUTH_ENV) == ["Complete"]
+        assert redact("got access-new-1 and refresh-2") == "got *** and ***"
+    finally:
+        clear_secrets()

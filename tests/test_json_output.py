@@ -152,15 +152,15 @@ def test_report_of_a_missing_ledger_exits_2(project: Path) -> None:
 def test_refused_credentials_exit_1_and_the_ledger_stays_resumable(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("DATAPREP_TOKEN", "wrong")
-    with running_emulator(_settings(project, token="right")) as base_url:
+    monkeypatch.setenv("DATAPREP_TOKEN", "wrong-token")
+    with running_emulator(_settings(project, token="right-token")) as base_url:
         config = _point_at(write_sweep(project), base_url)
         result = invoke("run", str(config), "--run-id", "n1", "--json")
         assert result.exit_code == 1
         data = json.loads(result.stdout)
         assert data["exit_code"] == 1 and data["aborted"]
-        assert "wrong" not in result.output  # never the token
-        monkeypatch.setenv("DATAPREP_TOKEN", "right")
+        assert "wrong-token" not in result.output  # never the token
+        monkeypatch.setenv("DATAPREP_TOKEN", "right-token")
         again = invoke("run", str(config), "--run-id", "n1", "--json")
         assert again.exit_code == 0, again.output
         assert json.loads(again.stdout)["succeeded"] == 8

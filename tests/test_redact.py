@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 from collections.abc import Iterator
@@ -192,3 +193,41 @@ def test_filter_is_a_plain_logging_filter() -> None:
     record = logging.LogRecord("x", logging.INFO, __file__, 1, "a %s", ("Bearer zzz",), None)
     assert RedactingFilter().filter(record) is True
     assert record.getMessage() == "a Bearer ***"
+
+
+def test_basic_credentials_echoed_without_the_scheme_are_masked(captured: io.StringIO) -> None:
+    """A server that echoes only the base64 (or the decoded user:password) leaks nothing."""
+    from sweeper.auth import build_auth, secrets
+    from sweeper.config import ApiSettings
+
+    api = ApiSettings(base_url="http://trifacta.invalid", auth="basic")
+    env = {"DATAPREP_USERNAME": "ann", "DATAPREP_PASSWORD": SENTINEL}
+    encoded = base64.b64encode(f"ann:{SENTINEL}".encode()).decode()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent = request.headers["authorization"].removeprefix("Basic ")
+        assert sent == encoded  # the request really carried the credentials in this form
+        message = f"credentials {sent} ({base64.b64decode(sent).decode()}) rejected"
+        return httpx.Response(
+            400,
+            headers={"x-credential": sent, "x-unpadded": sent.rstrip("=")},
+            json={"exception": {"name": "Bad", "message": message, "details": sent}},
+        )
+
+    install_redaction(secrets(api, env))
+
+    async def go() -> ApiError:
+        async with DataprepClient(
+            api.base_url, auth=build_auth(api, env), transport=httpx.MockTransport(handler)
+        ) as client:
+            with pytest.raises(ApiError) as info:
+                await client.get_job_group(3)
+            logging.getLogger("sweeper.test").error("failed: %s", info.value)
+            return info.value
+
+    err = asyncio.run(go())
+    out = captured.getvalue()
+    assert "failed:" in out and "rejected" in str(err)
+    for text in (out, str(err)):
+        assert encoded not in text and encoded.rstrip("=") not in text
+        assert SENTINEL not in text and f"ann:{SENTINEL}" not in text

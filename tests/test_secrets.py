@@ -134,3 +134,31 @@ def test_a_token_is_never_accepted_on_the_command_line(tmp_path: Path, flag: str
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
     assert "No such option" in result.output + result.stderr
+
+
+@pytest.mark.parametrize("kind", ["short-env-token", "fifo-token-file", "two-line-token-file"])
+def test_unsafe_credentials_exit_2_before_any_post(tmp_path: Path, kind: str) -> None:
+    project = tmp_path / "project"
+    with running_emulator(EmulatorSettings(output_root=project)) as url:
+        config = _config(project, url, extra="")
+        token: str | None = None
+        if kind == "short-env-token":
+            token, expected = "abc12", "shorter than 8 characters"
+        else:
+            text = config.read_text(encoding="utf-8").replace(
+                'token_env = "RELIAB_TOKEN"', 'token_env = "RELIAB_TOKEN"\ntoken_file = "tok"'
+            )
+            config.write_text(text, encoding="utf-8")
+            token_file = config.parent / "tok"
+            if kind == "fifo-token-file":
+                os.mkfifo(token_file, 0o600)  # reading it would block forever
+                expected = "not a regular file"
+            else:
+                token_file.write_text(f"{SENTINEL}\nsecond-line-value\n", encoding="utf-8")
+                token_file.chmod(0o600)
+                expected = "2 non-empty lines"
+        result = _sweeper(project, "run", str(config), "--run-id", "r1", token=token)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in result.stderr and "Traceback" not in result.stderr
+        assert SENTINEL not in result.stdout + result.stderr
+        assert stats(url)["posts_received"] == 0

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sweeper.emulator.catalog import Dataset, load_catalog
+from sweeper.emulator.catalog import Dataset, UnsafeSourceError, load_catalog
 from sweeper.emulator.engine import Engine
 from sweeper.emulator.faults import FaultInjector
 from sweeper.emulator.http import (
@@ -27,6 +27,7 @@ from sweeper.emulator.http import (
     not_found,
     parse_bool,
     parse_int,
+    read_body,
     user_key,
     validation_failed,
 )
@@ -180,6 +181,10 @@ def _validated(
         raise not_found(f"WrangledDataset with id {dataset_id} does not exist.")
     given = run_parameters_of(body)
     check_overrides(body)
+    try:  # refuse now what would make the wrangle job read outside the catalog's folder
+        dataset.source_path(dict(dataset.parameters) | dict(given))
+    except UnsafeSourceError as exc:
+        raise validation_failed(str(exc)) from None
     if emulator.settings.strict_parameters:
         unknown = sorted({k for k, _ in given} - set(dataset.parameters))
         if unknown:
@@ -195,11 +200,12 @@ async def create_job_group(request: Request) -> Response:
     emulator = _emulator(request)
     store, engine = emulator.store, emulator.engine
     store.count("posts_received")
-    # read the body first: a client that times out during the latency leaves a request that is
-    # still processed, the "in doubt" case retries must survive
-    raw = await request.body()
-    await emulator.delay("post")
+    # credentials before the body: an unauthenticated caller gets 401 without being read at all
     who = user_key(request, emulator.settings.token)
+    # then the body, before the latency: a client that times out during the latency leaves a
+    # request that is still processed, the "in doubt" case retries must survive
+    raw = await read_body(request, emulator.settings.max_body_bytes)
+    await emulator.delay("post")
     if emulator.faults.rate_limited():  # before the quota: an injected 429 is not counted
         raise _injected_429(emulator)
     quota_headers = _take_quota(emulator, who)

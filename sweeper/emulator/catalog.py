@@ -29,6 +29,14 @@ class RecipeError(Exception):
     """A recipe step cannot run on this data; becomes the wrangle job's errorMessage."""
 
 
+class UnsafeSourceError(RecipeError):
+    """A run-parameter value would move the source path out of its place in the catalog folder."""
+
+
+# A value filled into a source path must stay one piece of one path segment.
+_UNSAFE_IN_SOURCE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
 def fill(template: str, values: Mapping[str, object]) -> str:
     """Replace {Name} placeholders; unknown names are left as they are."""
     return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), m.group(0))), template)
@@ -47,7 +55,32 @@ class Dataset:
     recipe: tuple[Mapping[str, Any], ...] = ()
 
     def source_path(self, params: Mapping[str, str]) -> Path:
-        return self.base_dir / fill(self.source, params)
+        """The source file for these parameters; UnsafeSourceError if a value would escape.
+
+        Values cannot contain a path separator or a control character, and cannot turn a
+        segment of the template into '.' or '..' (alone or together, as in "{A}{B}"), so a
+        source path always has the template's own shape inside the catalog's folder.
+        """
+        for name in dict.fromkeys(_PLACEHOLDER.findall(self.source)):
+            value = params.get(name)
+            if value is not None and _UNSAFE_IN_SOURCE.search(value):
+                raise UnsafeSourceError(
+                    f"The run parameter {name}={value!r} cannot be used in the source path of "
+                    f"recipe {self.name!r}: it contains a path separator or a control character, "
+                    "so the source could be read from outside its folder. Use a plain value."
+                )
+        filled = fill(self.source, params)
+        template_parts, parts = self.source.split("/"), filled.split("/")
+        # a parameter *name* may hold a '/', so the shapes can differ: that is refused as well
+        same_shape = len(parts) == len(template_parts)
+        for template_part, part in zip(template_parts, parts, strict=False):
+            if not same_shape or (part in (".", "..") and part != template_part):
+                raise UnsafeSourceError(
+                    f"The run parameters turn the source path of recipe {self.name!r} into "
+                    f"{filled!r}, which does not stay where its template {self.source!r} points "
+                    "('.' or '..' segments). Use plain values."
+                )
+        return self.base_dir / filled
 
     def run(self, params: Mapping[str, str]) -> pd.DataFrame:
         """Read the source chosen by the parameters and apply every step; raises RecipeError."""

@@ -48,6 +48,40 @@ def not_found(details: str) -> ApiProblem:
     return ApiProblem(404, "DataNotFoundException", "Not found", details)
 
 
+def too_large(limit: int) -> ApiProblem:
+    return ApiProblem(
+        413,
+        "PayloadTooLarge",
+        "Request body too large",
+        f"The request body is larger than {limit} bytes; a runJobGroup body is a few KB.",
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or 413 as soon as it is known to exceed ``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before reading anything; a chunked body
+    (no Content-Length) is counted while it streams in, so at most ``limit`` bytes plus one chunk
+    are ever held in memory.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise validation_failed("The Content-Length header is not a number.") from None
+        if length > limit:
+            raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class DropConnection(Exception):
     """Raised by a route to close the connection without any response."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import Callable
 from types import FrameType
@@ -16,6 +17,35 @@ from sweeper.emulator.http import DROP_EXTENSION
 from sweeper.emulator.settings import EmulatorSettings
 
 log = logging.getLogger("sweeper.emulator")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to an address the network can reach
+
+
+def exposure_warning(host: str, *, token_required: bool) -> str | None:
+    """The warning to print before serving on ``host``, or None when it is loopback only."""
+    if is_loopback_host(host):
+        return None
+    if token_required:
+        return (
+            f"WARNING: the emulator listens on {host}, reachable from the network. The v4 API "
+            "needs the token, but the /_emulator admin routes (stats, job groups, reset) need "
+            "no credentials: serve on 127.0.0.1 unless this network is trusted."
+        )
+    return (
+        f"WARNING: the emulator listens on {host}, reachable from the network, and accepts ANY "
+        "token: anyone who can reach this port can create job groups, write outputs and use the "
+        "/_emulator admin routes (stats, job groups, reset). Require a token with "
+        "--token-env VAR, or serve on --host 127.0.0.1."
+    )
 
 
 class DroppableH11Protocol(H11Protocol):

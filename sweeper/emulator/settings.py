@@ -55,3 +55,5 @@ class EmulatorSettings:
     clock: Callable[[], float] | None = None
     strict_parameters: bool = False
     seed: int = 0
+    # bytes of request body accepted on POST /v4/jobGroups; more is 413 (a real body is < 10 KB)
+    max_body_bytes: int = 1024 * 1024

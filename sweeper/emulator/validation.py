@@ -9,12 +9,38 @@ from typing import Any
 from sweeper.emulator.engine import write_settings_of
 from sweeper.emulator.http import validation_failed
 
+# A runJobGroup body is about 5 levels deep; anything far deeper is hostile or broken, and walking
+# it (json.dumps when storing it, the checks below) could exhaust the interpreter's stack.
+MAX_DEPTH = 64
+
+
+def _too_deep(value: Any) -> bool:
+    """True when ``value`` nests lists/objects more than MAX_DEPTH levels (iterative: no stack)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_DEPTH:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
 
 def parse_body(raw: bytes) -> dict[str, Any]:
+    """The JSON object of a runJobGroup body, or 400 ValidationFailed."""
+    too_deep = validation_failed(
+        f"The request body is nested more than {MAX_DEPTH} levels deep; send a runJobGroup body "
+        'like {"wrangledDataset": {"id": 7}}.'
+    )
     try:
         body = json.loads(raw or b"null")
+    except RecursionError:  # the parser itself gave up: far deeper than MAX_DEPTH
+        raise too_deep from None
     except (ValueError, UnicodeDecodeError):
         raise validation_failed("The request body is not valid JSON.") from None
+    if _too_deep(body):
+        raise too_deep
     if not isinstance(body, dict):
         raise validation_failed(
             'The request body must be a JSON object like {"wrangledDataset": {"id": 7}}.'
