@@ -10,7 +10,8 @@ import pytest
 
 from sweeper.config import Rate, SweepConfig, load_config, parse_duration, parse_rate
 from sweeper.errors import ConfigError, MatrixError
-from sweeper.matrix import count_combinations, expand_matrix
+from sweeper.matrix import expand_matrix
+from sweeper.plan import Planner
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2024, 3, 15, tzinfo=timezone.utc)
@@ -55,7 +56,7 @@ def test_regions_toml_loads_to_six_combinations() -> None:
     assert config.run.timeout == 600.0
     assert config.retry.max_wait == 600.0
     combos = list(expand_matrix(config.matrix, dataset=33, as_of=AS_OF))
-    assert count_combinations(config.matrix, as_of=AS_OF) == len(combos) == 6
+    assert len(combos) == 6
     assert {"Region": "03", "varReferenceType": "TEST"} not in [dict(c.params) for c in combos]
     assert dict(combos[-1].params) == {"Region": "04", "varReferenceType": "PROD"}
     assert list(config.overrides) == ["execution", "profiler", "writesettings"]
@@ -66,7 +67,6 @@ def test_regions_toml_loads_to_six_combinations() -> None:
 )
 def test_example_configs_load(name: str, count: int) -> None:
     config = load_config(ROOT / "configs" / name)
-    assert count_combinations(config.matrix, as_of=AS_OF) == count
     assert len(list(expand_matrix(config.matrix, dataset=33, as_of=AS_OF))) == count
 
 
@@ -330,3 +330,19 @@ def test_csv_input_missing(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match="relative to the config file's directory") as info:
         load(tmp_path, MINIMAL + 'Other = { csv = "nope.csv", column = "x" }\n')
     assert info.value.key == "matrix.Other.csv"
+
+
+def test_max_combinations_refuses_the_bound_before_excludes_unless_allowed(
+    tmp_path: Path,
+) -> None:
+    text = (
+        MINIMAL.replace("dataset = 33", "dataset = 33\nmax_combinations = 3")
+        + 'mode = ["a", "b"]\n[[matrix.exclude]]\nRegion = "02"\n'
+    )
+    config = load(tmp_path, text)  # 4 combinations before the exclude, 2 after
+    planner = Planner(config, history=[], run_id="r1", as_of=AS_OF)
+    with pytest.raises(MatrixError, match="up to 4 combinations") as info:
+        planner.check()
+    assert info.value.key == "sweep.max_combinations"
+    assert "--allow-large" in str(info.value) and str(config.path) in str(info.value)
+    assert planner.check(allow_large=True).total == 2
