@@ -12,7 +12,7 @@ import difflib
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from types import MappingProxyType
 
@@ -322,16 +322,7 @@ class MatrixSpec:
     exclude: tuple[Mapping[str, str], ...] = ()
     include: tuple[IncludeEntry, ...] = ()
     source: str = ""
-    axis_names: tuple[str, ...] = field(default=())
-
-    @property
-    def relative(self) -> bool:
-        """True when some range end depends on ``as_of`` (``today``/``now``)."""
-        return any(
-            isinstance(a, DateRangeAxis) and (a.start.relative or a.end.relative)
-            for f in self.factors
-            for a in _factor_axes(f)
-        )
+    axis_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
