@@ -11,6 +11,7 @@ import calendar
 import difflib
 import itertools
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -29,6 +30,19 @@ _FIXED_UNITS = {
     "min": timedelta(minutes=1),
     "s": timedelta(seconds=1),
 }
+
+
+# Controls (C0, DEL, C1), bidirectional embeddings, overrides, isolates and marks, and zero-width
+# characters: they do not show, or reorder the text around them, so a parameter name holding one
+# could read as another name in the config, the ledger or the platform's UI.
+HIDDEN_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
+
+def visible(text: str) -> str:
+    """``text`` with each hidden character written as its escape (``\\u202e``), for messages."""
+    return HIDDEN_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

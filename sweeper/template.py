@@ -2,8 +2,8 @@
 
 Placeholders in any string of the overrides: ``{Param}`` (the string sent for that parameter),
 ``{run_id}`` and ``{combo_id}``; ``{Param:%Y/%m/%d}`` writes a date or datetime parameter with a
-strftime pattern, ``{Param:03d}`` any other value with a Python format spec. ``{{`` and ``}}``
-are literal braces.
+strftime pattern. ``{{`` and ``}}`` are literal braces. No other format spec or conversion is
+taken: how a parameter's value is written is its axis's ``format``.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any
 from urllib.parse import unquote
 
 from sweeper.errors import MatrixError
-from sweeper.matrix import Combination, MatrixSpec, did_you_mean
+from sweeper.matrix import Combination, MatrixSpec, did_you_mean, visible
 
 BUILTIN_FIELDS = ("run_id", "combo_id")
 WRITE_SETTINGS_KEYS = ("writesettings", "writeSettings")
 
 _PATH_KEY = re.compile(r"overrides\.(?:writesettings|writeSettings)\[\d+\]\.path")
 
-Piece = tuple[str, str | None, str]  # literal text, then a placeholder name (or None) and spec
+Piece = tuple[str, str | None, str]  # literal text, a placeholder name (or None), its pattern
 
 
 def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
@@ -62,10 +62,19 @@ def _pieces(text: str, key: str, source: str | None = None) -> list[Piece]:
                 path=source,
                 key=key,
             )
-        if conversion or (spec and ("{" in spec or "}" in spec)):
+        # Only a strftime pattern is taken: a format spec such as {Region:>200000000} would let a
+        # config allocate without bound, and a conversion such as !r would send Python syntax.
+        if conversion is not None or (spec and ("%" not in spec or "{" in spec)):
+            written = (
+                visible(name)
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+            )
             raise MatrixError(
-                f"The placeholder {{{name}}} in {text!r} uses a conversion or a nested field, "
-                "which templates do not support; write {Param} or {Param:format}.",
+                f"The placeholder {{{written}}} in {text!r} has a format spec or conversion, but "
+                f"placeholders take no format spec: write {{{visible(name)}}}. To change how a "
+                'parameter\'s values are sent, give its axis a format (e.g. format = "02d"); a '
+                "date or datetime parameter may take a strftime pattern, e.g. {day:%Y/%m/%d}.",
                 path=source,
                 key=key,
             )
@@ -74,14 +83,15 @@ def _pieces(text: str, key: str, source: str | None = None) -> list[Piece]:
 
 
 def check_template(overrides: Mapping[str, Any], spec: MatrixSpec) -> None:
-    """Fail at load time if a placeholder is malformed or names no parameter."""
+    """Fail at load time if a placeholder is malformed, has a format spec or names no parameter."""
     known = [*spec.param_names, *BUILTIN_FIELDS]
     source = spec.source or None
     for key, text in _walk(overrides, "overrides"):
         for _, name, _ in _pieces(text, key, source):
             if name is not None and name not in known:
                 raise MatrixError(
-                    f"The placeholder {{{name}}} names no parameter.{did_you_mean(name, known)} "
+                    f"The placeholder {{{visible(name)}}} names no parameter."
+                    f"{did_you_mean(name, known)} "
                     f"Known: {', '.join(known)}.",
                     path=source,
                     key=key,
@@ -105,7 +115,7 @@ def _describe_combo(combo: Combination) -> str:
 
 
 def _render_field(
-    name: str, spec: str, combo: Combination, run_id: str, key: str, in_path: bool
+    name: str, pattern: str, combo: Combination, run_id: str, key: str, in_path: bool
 ) -> str:
     """One placeholder's text; a value going into an output path must be one path component."""
     if name == "run_id":
@@ -123,16 +133,16 @@ def _render_field(
             f"{name} to that include, or drop the placeholder.",
             key=key,
         )
-    if spec:
-        try:
-            if isinstance(value, (date, time)):
-                # A strftime pattern's own slashes are the template author's: not checked.
-                return value.strftime(spec)
-            text = format(value, spec)
-        except (ValueError, TypeError) as exc:
+    if pattern:
+        if not isinstance(value, (date, time)):
             raise MatrixError(
-                f"Cannot format {{{name}:{spec}}} with the value {text!r}: {exc}.", key=key
-            ) from None
+                f"The placeholder {{{name}:{pattern}}} writes a date with a strftime pattern, but "
+                f"{name} is {text!r} in combination {combo.combo_id}, not a date or datetime. "
+                f"Write {{{name}}}.",
+                key=key,
+            )
+        # A strftime pattern's own slashes ({day:%Y/%m/%d}) are the template author's: unchecked.
+        return value.strftime(pattern)
     if in_path:
         reason = _unsafe(text)
         if reason:

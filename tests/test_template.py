@@ -92,11 +92,16 @@ def test_date_format_spec_and_escapes_and_builtins() -> None:
     assert rendered == f"x/2024/01/05/20240105/{{literal}}/{combo.combo_id}/R"
 
 
-def test_number_format_spec() -> None:
-    combo = combos("n = [7]")[0]
-    assert render_request(33, {"execution": "n{n:03d}"}, combo, "r")["overrides"] == {
-        "execution": "n007"
-    }
+def test_a_strftime_pattern_on_a_value_that_is_not_a_date_is_refused() -> None:
+    combo = combos('Region = ["01"]')[0]
+    with pytest.raises(MatrixError, match=r"\{Region:%Y\} writes a date.*not a date"):
+        render_request(33, {"execution": "{Region:%Y}"}, combo, "r")
+
+
+@pytest.mark.parametrize("text", ["n{n:03d}", "n{n:>200000000}", "{n!r}", "{n!s:%Y}"])
+def test_format_specs_and_conversions_are_refused(text: str) -> None:
+    with pytest.raises(MatrixError, match="placeholders take no format spec"):
+        check_template({"execution": text}, spec_of("n = [7]"))
 
 
 def test_unknown_placeholder_names_key_path_and_suggests() -> None:
@@ -215,7 +220,7 @@ def test_nested_template_renders_every_string_into_fresh_containers() -> None:
             {"path": "out/{run_id}/{Region}/{day:%Y/%m/%d}/{{x}}-{combo_id}.csv", "n": 1},
             {"action": "append"},
         ),
-        "nested": {"deep": ["{day}", {"k": "{run_id}-{Region:>4}"}, 3], "fixed": {"a": "b"}},
+        "nested": {"deep": ["{day}", {"k": "{run_id}-{Region}"}, 3], "fixed": {"a": "b"}},
     }
     combo = combos('Region = ["01"]\nday = { start = 2024-01-30, end = 2024-01-30 }')[0]
     body = render_request(33, overrides, combo, "r1")
@@ -226,7 +231,7 @@ def test_nested_template_renders_every_string_into_fresh_containers() -> None:
             {"path": f"out/r1/01/2024/01/30/{{x}}-{combo.combo_id}.csv", "n": 1},
             {"action": "append"},
         ],
-        "nested": {"deep": ["2024-01-30", {"k": "r1-  01"}, 3], "fixed": {"a": "b"}},
+        "nested": {"deep": ["2024-01-30", {"k": "r1-01"}, 3], "fixed": {"a": "b"}},
     }
     again = render_request(33, overrides, combo, "r1")
     assert not _containers(again) & _containers(body)  # nothing shared between bodies
