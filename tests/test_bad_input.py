@@ -177,6 +177,13 @@ CASES: dict[str, Case] = {
         2,
         ("overrides.writesettings[0].path", "no format spec", "{Region}"),
     ),
+    "matrix-too-large": Case(
+        lambda u: sweep_text(
+            u, matrix='Region = ["01", "02", "03"]\n[[matrix.exclude]]\nRegion = "03"'
+        ).replace('name = "bad"', 'name = "bad"\nmax_combinations = 2'),
+        2,
+        ("[sweep.max_combinations]", "up to 3 combinations", "--allow-large"),
+    ),
     "missing-token-variable": Case(lambda u: sweep_text(u), 2, (TOKEN_ENV, "export"), env=False),
     "insecure-tls-off-loopback": Case(
         lambda u: sweep_text(u.replace("127.0.0.1", "example.com")).replace(
