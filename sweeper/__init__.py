@@ -14,7 +14,7 @@ _EXPORTS = {
     "load_config": "sweeper.config",
     "SweepConfig": "sweeper.config",
     "expand_matrix": "sweeper.matrix",
-    "count_combinations": "sweeper.matrix",
+    "combinations_bound": "sweeper.matrix",
     "Combination": "sweeper.matrix",
     "connect": "sweeper.connection",
     "DataprepClient": "sweeper.client",

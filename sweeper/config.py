@@ -618,12 +618,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> SweepConfig:
-    """Read and validate a sweep file.
-
-    ``environ`` is accepted for symmetry with ``auth.build_auth`` and is not used: credentials
-    are resolved later, so ``sweeper plan`` works without a token.
-    """
+def load_config(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file; credentials are resolved later, by ``auth.build_auth``."""
     file = Path(path)
     doc = _read_toml(file)
     r = _Reader(file)

@@ -11,17 +11,13 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-)  # built once: json.dumps would build an encoder per call, and plans call this per combination
-
-
-_string = json.encoder.encode_basestring  # how _CANONICAL writes a string (ensure_ascii=False)
-
 
 def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: the same data always gives the same text."""
-    return _CANONICAL.encode(value)
+    """JSON with sorted keys and no whitespace: the same data always gives the same text.
+
+    Non-ASCII is written raw (hashed as UTF-8), not escaped: existing ids depend on it.
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 def _digest(text: str, length: int) -> str:
@@ -29,19 +25,7 @@ def _digest(text: str, length: int) -> str:
 
 
 def combo_id(dataset: int, params: Mapping[str, str]) -> str:
-    """A 16-hex-digit id of (dataset, parameter values), independent of parameter order.
-
-    By definition the hash of ``canonical_json({"dataset": dataset, "params": dict(params)})``.
-    Plans compute one per combination and ``JSONEncoder.encode`` sets up a new encoder per call,
-    so the same text is written directly when the inputs are plain (tests check it is equal).
-    """
-    if type(dataset) is int:  # a bool or an int subclass would encode differently
-        try:
-            inner = ",".join([f"{_string(k)}:{_string(v)}" for k, v in sorted(params.items())])
-        except TypeError:  # a key or value that is not a string: use the definition
-            pass
-        else:
-            return _digest(f'{{"dataset":{dataset},"params":{{{inner}}}}}', 16)
+    """A 16-hex-digit id of (dataset, parameter values), independent of parameter order."""
     return _digest(canonical_json({"dataset": dataset, "params": dict(params)}), 16)
 
 

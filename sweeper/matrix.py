@@ -1,6 +1,6 @@
 """The matrix model: a MatrixSpec -> a stream of Combinations with stable ids.
 
-Axes, zip groups and CSV rows (factors), include/exclude, counting before expansion, the
+Axes, zip groups and CSV rows (factors), include/exclude, a size bound before expansion, the
 expansion itself and ``--only`` selection. Pure. The ``[matrix]`` TOML grammar and its parser,
 ``parse_matrix``, are in sweeper.matrix_parse.
 """
@@ -10,8 +10,10 @@ from __future__ import annotations
 import calendar
 import difflib
 import itertools
+import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from types import MappingProxyType
 
@@ -28,6 +30,19 @@ _FIXED_UNITS = {
     "min": timedelta(minutes=1),
     "s": timedelta(seconds=1),
 }
+
+
+# Controls (C0, DEL, C1), bidirectional embeddings, overrides, isolates and marks, and zero-width
+# characters: they do not show, or reorder the text around them, so a parameter name holding one
+# could read as another name in the config, the ledger or the platform's UI.
+HIDDEN_CHARACTERS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]"
+)
+
+
+def visible(text: str) -> str:
+    """``text`` with each hidden character written as its escape (``\\u202e``), for messages."""
+    return HIDDEN_CHARACTERS.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -321,16 +336,7 @@ class MatrixSpec:
     exclude: tuple[Mapping[str, str], ...] = ()
     include: tuple[IncludeEntry, ...] = ()
     source: str = ""
-    axis_names: tuple[str, ...] = field(default=())
-
-    @property
-    def relative(self) -> bool:
-        """True when some range end depends on ``as_of`` (``today``/``now``)."""
-        return any(
-            isinstance(a, DateRangeAxis) and (a.start.relative or a.end.relative)
-            for f in self.factors
-            for a in _factor_axes(f)
-        )
+    axis_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -350,118 +356,17 @@ def _factor_axes(factor: Factor) -> tuple[Axis, ...]:
     return ()
 
 
-# ---------------------------------------------------------------- counting
+# ---------------------------------------------------------------- size
 
 
-class _Counter:
-    """Counts combinations matching constraint sets without building the product."""
+def combinations_bound(spec: MatrixSpec, *, as_of: datetime) -> int:
+    """At most this many combinations: the product of the factors' sizes, plus the includes.
 
-    def __init__(self, spec: MatrixSpec, as_of: datetime) -> None:
-        self.factors = spec.factors
-        self.sizes = [f.size(as_of) for f in spec.factors]
-        self.as_of = as_of
-        self.owner = {n: i for i, f in enumerate(spec.factors) for n in f.names}
-        self.cache: dict[tuple[int, frozenset[tuple[str, str]]], int] = {}
-
-    def count(self, constraints: Mapping[str, str]) -> int:
-        """The number of original combinations whose values equal every constraint."""
-        per: dict[int, dict[str, str]] = {}
-        for name, value in constraints.items():
-            per.setdefault(self.owner[name], {})[name] = value
-        total = 1
-        for i, size in enumerate(self.sizes):
-            total *= self.count_factor(i, per[i]) if i in per else size
-            if total == 0:
-                return 0
-        return total
-
-    def count_factor(self, i: int, wanted: Mapping[str, str]) -> int:
-        cache_key = (i, frozenset(wanted.items()))
-        if cache_key not in self.cache:
-            factor = self.factors[i]
-            positions = [(factor.names.index(n), v) for n, v in wanted.items()]
-            self.cache[cache_key] = sum(
-                1 for row in factor.rows(self.as_of) if all(row[p][1] == v for p, v in positions)
-            )
-        return self.cache[cache_key]
-
-    def count_union(self, base: Mapping[str, str], excludes: Sequence[Mapping[str, str]]) -> int:
-        """How many combinations matching ``base`` are matched by at least one exclude.
-
-        Inclusion-exclusion over the excludes, pruned: once a set of constraints conflicts or
-        matches nothing, every superset does too. Many mutually compatible excludes would make
-        that exponential, so past a budget it enumerates only the factors the constraints touch.
-        """
-        total = 0
-        budget = [_UNION_BUDGET]
-
-        def walk(start: int, merged: dict[str, str], depth: int) -> None:
-            nonlocal total
-            for j in range(start, len(excludes)):
-                budget[0] -= 1
-                if budget[0] < 0:
-                    raise _OverBudget
-                combined = dict(merged)
-                conflict = False
-                for k, v in excludes[j].items():
-                    if combined.setdefault(k, v) != v:
-                        conflict = True
-                        break
-                if conflict:
-                    continue
-                n = self.count(combined)
-                if n == 0:
-                    continue
-                total += n if depth % 2 == 0 else -n
-                walk(j + 1, combined, depth + 1)
-
-        try:
-            walk(0, dict(base), 0)
-        except _OverBudget:
-            return self.enumerate_union(base, excludes)
-        return total
-
-    def enumerate_union(
-        self, base: Mapping[str, str], excludes: Sequence[Mapping[str, str]]
-    ) -> int:
-        """The same count by walking the sub-product of the factors the constraints touch."""
-        touched = sorted({self.owner[k] for c in (base, *excludes) for k in c})
-        factors = [self.factors[i] for i in touched]
-        names = [n for f in factors for n in f.names]
-        hits = 0
-        for row in _product(factors, self.as_of):
-            params = {n: cell[1] for n, cell in zip(names, row, strict=True)}
-            if _matches(params, base) and any(_matches(params, e) for e in excludes):
-                hits += 1
-        rest = 1
-        for i, size in enumerate(self.sizes):
-            if i not in touched:
-                rest *= size
-        return hits * rest
-
-
-class _OverBudget(Exception):
-    """Inclusion-exclusion grew too large; count by enumeration instead."""
-
-
-_UNION_BUDGET = 20_000
-
-
-def _include_constraints(entry: IncludeEntry, axis_names: Sequence[str]) -> dict[str, str]:
-    return {k: v for k, v in entry.params.items() if k in axis_names}
-
-
-def count_combinations(spec: MatrixSpec, *, as_of: datetime) -> int:
-    """The number of combinations ``expand_matrix`` yields, computed without expanding."""
-    if not spec.factors:
-        return len(spec.include)
-    counter = _Counter(spec, as_of)
-    total = counter.count({}) - counter.count_union({}, spec.exclude)
-    for entry in spec.include:
-        base = _include_constraints(entry, spec.axis_names)
-        if counter.count(base) - counter.count_union(base, spec.exclude) == 0:
-            total += 1  # merges nowhere: becomes a new combination
-    return total
+    Excludes only remove combinations and an include adds at most one, so this refuses a runaway
+    matrix before anything is expanded; the exact count is what the expansion yields.
+    """
+    product = math.prod(f.size(as_of) for f in spec.factors) if spec.factors else 0
+    return product + len(spec.include)
 
 
 # ---------------------------------------------------------------- expansion
@@ -485,13 +390,13 @@ def _matches(params: Mapping[str, str], constraints: Mapping[str, str]) -> bool:
 def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterator[Combination]:
     """Yield every combination in product order (axes as written), then unmatched includes."""
     names = [n for f in spec.factors for n in f.names]
-    constraints = [_include_constraints(e, spec.axis_names) for e in spec.include]
+    # An include matches the combinations with its values of the axes; its other keys are added.
+    constraints = [
+        {k: v for k, v in e.params.items() if k in spec.axis_names} for e in spec.include
+    ]
     matched = [False] * len(spec.include)
     for f in spec.factors:
         f.size(as_of)  # raises zip-length errors before the first combination
-    # The product yields the axes in spec.axis_names order, which starts spec.param_names, so only
-    # a combination that an include extends needs reordering (in_order checks the first part).
-    in_order = tuple(names) == spec.axis_names
     if spec.factors:
         for row in _product(spec.factors, as_of):
             params: dict[str, str] = {}
@@ -499,9 +404,8 @@ def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterato
             for name, (value, text) in zip(names, row, strict=True):
                 params[name] = text
                 values[name] = value
-            if spec.exclude and any(_matches(params, e) for e in spec.exclude):
+            if any(_matches(params, e) for e in spec.exclude):
                 continue
-            extended = False
             for i, entry in enumerate(spec.include):
                 if _matches(params, constraints[i]):
                     matched[i] = True
@@ -509,28 +413,20 @@ def expand_matrix(spec: MatrixSpec, *, dataset: int, as_of: datetime) -> Iterato
                         if k not in spec.axis_names:  # original values are never overwritten
                             params[k] = v
                             values[k] = entry.values[k]
-                            extended = True
-            if in_order and not extended:
-                yield _frozen(dataset, params, values)
-            else:
-                yield _combination(spec, dataset, params, values)
+            yield _combination(spec, dataset, params, values)
     for i, entry in enumerate(spec.include):
         if not matched[i]:
-            yield _combination(spec, dataset, dict(entry.params), dict(entry.values))
+            yield _combination(spec, dataset, entry.params, entry.values)
 
 
 def _combination(
-    spec: MatrixSpec, dataset: int, params: dict[str, str], values: dict[str, object]
+    spec: MatrixSpec, dataset: int, params: Mapping[str, str], values: Mapping[str, object]
 ) -> Combination:
+    """A Combination with its parameters in ``spec.param_names`` order."""
     ordered = {n: params[n] for n in spec.param_names if n in params}
     typed = {n: values[n] for n in ordered}
-    return _frozen(dataset, ordered, typed)
-
-
-def _frozen(dataset: int, params: dict[str, str], values: dict[str, object]) -> Combination:
-    """A Combination of dicts already in parameter order, which nothing else holds."""
     return Combination(
-        MappingProxyType(params), MappingProxyType(values), _combo_id(dataset, params)
+        MappingProxyType(ordered), MappingProxyType(typed), _combo_id(dataset, ordered)
     )
 
 

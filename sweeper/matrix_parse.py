@@ -30,6 +30,7 @@ from typing import Any
 
 from sweeper.errors import MatrixError
 from sweeper.matrix import (
+    HIDDEN_CHARACTERS,
     Anchor,
     Axis,
     AxisFactor,
@@ -49,6 +50,7 @@ from sweeper.matrix import (
     canonical,
     describe,
     did_you_mean,
+    visible,
 )
 
 RESERVED_KEYS = ("rows", "zip", "include", "exclude")
@@ -115,9 +117,23 @@ class _Parser:
     def error(self, message: str, key: str) -> MatrixError:
         return MatrixError(message, path=self.path, key=key)
 
-    def claim(self, name: str, key: str) -> None:
+    def check_name(self, name: object, key: str) -> None:
+        """A parameter name is a non-empty string of visible characters."""
         if not isinstance(name, str) or not name.strip():
             raise self.error("A parameter name must be a non-empty string.", key)
+        hidden = HIDDEN_CHARACTERS.findall(name)
+        if hidden:
+            codes = ", ".join(dict.fromkeys(f"U+{ord(c):04X}" for c in hidden))
+            raise self.error(
+                f"The parameter name '{visible(name)}' contains {codes}: a control, "
+                "bidirectional or zero-width character, which does not show (or reorders the "
+                "text around it) in the config, the ledger and the platform. Rename the "
+                "parameter using visible characters only.",
+                visible(key),
+            )
+
+    def claim(self, name: str, key: str) -> None:
+        self.check_name(name, key)
         if name in self.names:
             raise self.error(
                 f"The parameter '{name}' is defined twice (as an axis, a zip member or a rows "
@@ -421,6 +437,7 @@ class _Parser:
             raise self.error("An empty exclude would remove every combination; delete it.", key)
         out: dict[str, str] = {}
         for name, value in entry.items():
+            self.check_name(name, f"{key}.{name}")
             if name not in self.names:
                 raise self.error(
                     f"'{name}' is not an axis of this matrix.{did_you_mean(name, self.names)} "
@@ -442,8 +459,7 @@ class _Parser:
             params: dict[str, str] = {}
             values: dict[str, object] = {}
             for name, value in entry.items():
-                if not isinstance(name, str) or not name.strip():
-                    raise self.error("A parameter name must be a non-empty string.", key)
+                self.check_name(name, f"{key}.{name}")
                 params[name] = self.entry_text(name, value, f"{key}.{name}")
                 values[name] = value
             ident = tuple(sorted(params.items()))

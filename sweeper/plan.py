@@ -17,7 +17,7 @@ from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import execution_id
 from sweeper.ledger import Event, LedgerRow, current_state, state_of
-from sweeper.matrix import Combination, count_combinations, expand_matrix, parse_only, select
+from sweeper.matrix import Combination, combinations_bound, expand_matrix, parse_only, select
 from sweeper.state import State
 from sweeper.template import RequestTemplate
 
@@ -139,10 +139,6 @@ class Planner:
         self.limit = limit
         self.state = current_state(history, run_id=run_id)
 
-    def count(self) -> int:
-        """Combinations in the matrix, computed without expanding it."""
-        return count_combinations(self.config.matrix, as_of=self.as_of)
-
     def combinations(self) -> Iterator[Combination]:
         combos = expand_matrix(
             self.config.matrix, dataset=self.config.sweep.dataset, as_of=self.as_of
@@ -186,13 +182,14 @@ class Planner:
         the plan need no second pass.
         """
         self._check_include_keys()
-        total = self.count()
+        bound = combinations_bound(self.config.matrix, as_of=self.as_of)
         limit = self.config.sweep.max_combinations
-        if total > limit and not allow_large:
+        if bound > limit and not allow_large:
             raise MatrixError(
-                f"the matrix expands to {total:,} combinations, more than "
-                f"sweep.max_combinations = {limit:,}. Raise sweep.max_combinations, narrow the "
-                "matrix, or pass --allow-large.",
+                f"the matrix expands to up to {bound:,} combinations (the product of its axes "
+                f"plus its includes, before excludes), more than sweep.max_combinations = "
+                f"{limit:,}. Raise sweep.max_combinations, narrow the matrix, or pass "
+                "--allow-large.",
                 path=str(self.config.path),
                 key="sweep.max_combinations",
             )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import json
 import sys
 import time
 from collections.abc import Iterable
@@ -258,11 +257,6 @@ class Progress:
 
     def close(self) -> None:
         self._clear()
-
-
-def dump_json(data: Any, stream: TextIO) -> None:
-    json.dump(data, stream, indent=2, default=str)
-    stream.write("\n")
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:

@@ -236,7 +236,7 @@ def run_library(
     from sweeper.ledger import Ledger
     from sweeper.runner import run_sweep
 
-    config = load_config(config_path, environ={"RELIAB_TOKEN": token})
+    config = load_config(config_path)
     client = connect(config, environ={"RELIAB_TOKEN": token}, transport=transport)
     events: list[RunEvent] = []
     on_event = kwargs.pop("on_event", None)

@@ -152,6 +152,38 @@ CASES: dict[str, Case] = {
     "nul-in-value": Case(
         lambda u: sweep_text(u, matrix='Region = ["01", "a\\u0000b"]'), 2, ("NUL",)
     ),
+    "control-character-in-parameter-name": Case(
+        lambda u: sweep_text(u, matrix='"Re\\rgion" = ["01", "02"]'),
+        2,
+        ("[matrix.Re\\rgion]", "U+000D", "Rename"),
+    ),
+    "bidi-control-in-parameter-name": Case(
+        lambda u: sweep_text(u, matrix='"Re\\u202egion" = ["01", "02"]'),
+        2,
+        ("[matrix.Re\\u202egion]", "U+202E", "Rename"),
+    ),
+    "zero-width-in-parameter-name": Case(
+        lambda u: sweep_text(u, matrix='"Region\\u200b" = ["01", "02"]'),
+        2,
+        ("[matrix.Region\\u200b]", "U+200B", "Rename"),
+    ),
+    "format-spec-in-placeholder": Case(
+        lambda u: sweep_text(u, path="results/out/{run_id}/region-{Region:>200000000}.csv"),
+        2,
+        ("overrides.writesettings[0].path", "no format spec", "{Region}"),
+    ),
+    "conversion-in-placeholder": Case(
+        lambda u: sweep_text(u, path="results/out/{run_id}/region-{Region!r}.csv"),
+        2,
+        ("overrides.writesettings[0].path", "no format spec", "{Region}"),
+    ),
+    "matrix-too-large": Case(
+        lambda u: sweep_text(
+            u, matrix='Region = ["01", "02", "03"]\n[[matrix.exclude]]\nRegion = "03"'
+        ).replace('name = "bad"', 'name = "bad"\nmax_combinations = 2'),
+        2,
+        ("[sweep.max_combinations]", "up to 3 combinations", "--allow-large"),
+    ),
     "missing-token-variable": Case(lambda u: sweep_text(u), 2, (TOKEN_ENV, "export"), env=False),
     "insecure-tls-off-loopback": Case(
         lambda u: sweep_text(u.replace("127.0.0.1", "example.com")).replace(

@@ -10,7 +10,8 @@ import pytest
 
 from sweeper.config import Rate, SweepConfig, load_config, parse_duration, parse_rate
 from sweeper.errors import ConfigError, MatrixError
-from sweeper.matrix import count_combinations, expand_matrix
+from sweeper.matrix import expand_matrix
+from sweeper.plan import Planner
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2024, 3, 15, tzinfo=timezone.utc)
@@ -55,7 +56,7 @@ def test_regions_toml_loads_to_six_combinations() -> None:
     assert config.run.timeout == 600.0
     assert config.retry.max_wait == 600.0
     combos = list(expand_matrix(config.matrix, dataset=33, as_of=AS_OF))
-    assert count_combinations(config.matrix, as_of=AS_OF) == len(combos) == 6
+    assert len(combos) == 6
     assert {"Region": "03", "varReferenceType": "TEST"} not in [dict(c.params) for c in combos]
     assert dict(combos[-1].params) == {"Region": "04", "varReferenceType": "PROD"}
     assert list(config.overrides) == ["execution", "profiler", "writesettings"]
@@ -66,7 +67,6 @@ def test_regions_toml_loads_to_six_combinations() -> None:
 )
 def test_example_configs_load(name: str, count: int) -> None:
     config = load_config(ROOT / "configs" / name)
-    assert count_combinations(config.matrix, as_of=AS_OF) == count
     assert len(list(expand_matrix(config.matrix, dataset=33, as_of=AS_OF))) == count
 
 
@@ -330,3 +330,106 @@ def test_csv_input_missing(tmp_path: Path) -> None:
     with pytest.raises(MatrixError, match="relative to the config file's directory") as info:
         load(tmp_path, MINIMAL + 'Other = { csv = "nope.csv", column = "x" }\n')
     assert info.value.key == "matrix.Other.csv"
+
+
+def test_max_combinations_refuses_the_bound_before_excludes_unless_allowed(
+    tmp_path: Path,
+) -> None:
+    text = (
+        MINIMAL.replace("dataset = 33", "dataset = 33\nmax_combinations = 3")
+        + 'mode = ["a", "b"]\n[[matrix.exclude]]\nRegion = "02"\n'
+    )
+    config = load(tmp_path, text)  # 4 combinations before the exclude, 2 after
+    planner = Planner(config, history=[], run_id="r1", as_of=AS_OF)
+    with pytest.raises(MatrixError, match="up to 4 combinations") as info:
+        planner.check()
+    assert info.value.key == "sweep.max_combinations"
+    assert "--allow-large" in str(info.value) and str(config.path) in str(info.value)
+    assert planner.check(allow_large=True).total == 2
+
+
+# ---------------------------------------------------------------- names and placeholders
+
+HIDDEN = {
+    "CR": ("\\r", "\\r"),
+    "LF": ("\\n", "\\n"),
+    "NUL": ("\\u0000", "\\x00"),
+    "ESC": ("\\u001b", "\\x1b"),
+    "DEL": ("\\u007f", "\\x7f"),
+    "C1 NEL": ("\\u0085", "\\x85"),
+    "C1 CSI": ("\\u009b", "\\x9b"),
+    "RLO": ("\\u202e", "\\u202e"),
+    "LRE": ("\\u202a", "\\u202a"),
+    "RLI": ("\\u2067", "\\u2067"),
+    "PDI": ("\\u2069", "\\u2069"),
+    "ZWSP": ("\\u200b", "\\u200b"),
+    "ZWJ": ("\\u200d", "\\u200d"),
+    "BOM": ("\\ufeff", "\\ufeff"),
+}
+
+
+@pytest.mark.parametrize(("toml_escape", "shown"), list(HIDDEN.values()), ids=list(HIDDEN))
+def test_parameter_name_with_a_hidden_character_is_refused(
+    tmp_path: Path, toml_escape: str, shown: str
+) -> None:
+    text = MINIMAL.replace("Region =", f'"Re{toml_escape}gion" =')
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert info.value.key == f"matrix.Re{shown}gion"  # escaped, so it can be read
+    assert info.value.path == str(tmp_path / "sweep.toml")
+    assert f"Re{shown}gion" in message and "Rename" in message
+    assert message.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("matrix", "key"),
+    [
+        ('[[matrix.zip]]\n"a\\u200bb" = ["1"]\nc = ["2"]\n', "matrix.zip[0].a\\u200bb"),
+        ('[[matrix.include]]\n"a\\u202eb" = "1"\n', "matrix.include[0].a\\u202eb"),
+        ('[[matrix.exclude]]\n"Region\\u2066" = "01"\n', "matrix.exclude[0].Region\\u2066"),
+    ],
+    ids=["zip", "include", "exclude"],
+)
+def test_hidden_characters_are_refused_wherever_a_name_is_written(
+    tmp_path: Path, matrix: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, MINIMAL + matrix)
+    assert info.value.key == key
+    assert str(info.value).isprintable()
+
+
+def test_rows_file_column_with_a_hidden_character_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "rows.csv").write_text("Region,Mo\u200bde\n01,a\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"Mo\\u200bde") as info:
+        load(tmp_path, '[sweep]\nname = "t"\ndataset = 1\n[matrix]\nrows = "rows.csv"\n')
+    assert info.value.key == "matrix.rows"
+
+
+def test_visible_non_ascii_names_are_fine(tmp_path: Path) -> None:
+    config = load(tmp_path, MINIMAL.replace("Region =", '"Région_東京" ='))
+    assert config.matrix.param_names == ("Région_東京",)
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["{Region:>200000000}", "{Region!r}", "{Region!s:>4}", "{Region:03d}"]
+)
+def test_placeholder_format_specs_and_conversions_are_refused(
+    tmp_path: Path, placeholder: str
+) -> None:
+    text = MINIMAL + f'[[overrides.writeSettings]]\npath = "o/{placeholder}.csv"\n'
+    with pytest.raises(ConfigError, match="placeholders take no format spec") as info:
+        load(tmp_path, text)
+    assert info.value.key == "overrides.writesettings[0].path"
+    assert info.value.path == str(tmp_path / "sweep.toml")
+    assert "{Region}" in str(info.value)
+
+
+def test_a_strftime_pattern_on_a_date_placeholder_is_still_accepted(tmp_path: Path) -> None:
+    text = (
+        MINIMAL
+        + "day = [2024-01-05]\n"
+        + '[[overrides.writeSettings]]\npath = "o/{day:%Y/%m/%d}/{Region}.csv"\n'
+    )
+    assert load(tmp_path, text).overrides["writesettings"][0]["path"].endswith("{Region}.csv")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.config import KNOWN_KEYS, load_config
-from sweeper.matrix import count_combinations, expand_matrix
+from sweeper.matrix import combinations_bound, expand_matrix
 from sweeper.matrix_parse import parse_matrix
 
 if sys.version_info >= (3, 11):
@@ -49,8 +49,8 @@ def test_examples_are_valid(index: int, tmp_path: Path) -> None:
         load_config(path)
     elif "matrix" in doc:
         spec = parse_matrix(doc["matrix"], source=Path("docs"), base_dir=ROOT / "configs")
-        n = count_combinations(spec, as_of=AS_OF)
-        assert n == len(list(expand_matrix(spec, dataset=1, as_of=AS_OF)))
+        n = len(list(expand_matrix(spec, dataset=1, as_of=AS_OF)))
+        assert n <= combinations_bound(spec, as_of=AS_OF)
     else:  # a single section: load it inside a minimal sweep
         path = tmp_path / "example.toml"
         minimal = '[sweep]\nname = "doc"\ndataset = 1\n[matrix]\nRegion = ["01"]\n'
@@ -65,5 +65,5 @@ def test_github_examples_in_docs_give_documented_counts() -> None:
         doc = tomllib.loads(text)
         if "fruit" in doc.get("matrix", {}) or "os" in doc.get("matrix", {}):
             spec = parse_matrix(doc["matrix"], source=Path("docs"), base_dir=ROOT)
-            counts.append(count_combinations(spec, as_of=AS_OF))
+            counts.append(len(list(expand_matrix(spec, dataset=1, as_of=AS_OF))))
     assert counts == [6, 9, 4]

@@ -1,8 +1,10 @@
-"""The matrix grammar: axes, ranges, files, zip, GitHub include/exclude, counting, laziness."""
+"""The matrix grammar: axes, ranges, files, zip, GitHub include/exclude, size bound, laziness."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import sys
 import tracemalloc
 import types
@@ -19,7 +21,7 @@ from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import combo_id
 from sweeper.matrix import (
     MatrixSpec,
-    count_combinations,
+    combinations_bound,
     expand_matrix,
     parse_only,
     select,
@@ -44,9 +46,9 @@ def expand(spec: MatrixSpec, as_of: datetime = AS_OF) -> list[dict[str, str]]:
 
 
 def both(spec: MatrixSpec, as_of: datetime = AS_OF) -> list[dict[str, str]]:
-    """Expand and check the arithmetic count agrees."""
+    """Expand and check the size bound holds."""
     combos = expand(spec, as_of)
-    assert count_combinations(spec, as_of=as_of) == len(combos)
+    assert len(combos) <= combinations_bound(spec, as_of=as_of)
     return combos
 
 
@@ -223,7 +225,6 @@ def test_week_steps() -> None:
 
 def test_relative_anchors_resolve_against_as_of() -> None:
     spec = spec_of('day = { start = "today-1mo", end = "today-1d", step = "1w" }')
-    assert spec.relative
     assert [c["day"] for c in both(spec)] == [
         "2024-02-15",
         "2024-02-22",
@@ -243,7 +244,7 @@ def test_datetime_range_with_hour_steps() -> None:
 def test_relative_range_that_resolves_empty_is_an_error() -> None:
     spec = spec_of('day = { start = 2030-01-01, end = "today" }')
     with pytest.raises(MatrixError, match=r"matrix\.day.*empty"):
-        count_combinations(spec, as_of=AS_OF)
+        combinations_bound(spec, as_of=AS_OF)
     with pytest.raises(MatrixError, match="empty"):
         expand(spec)
 
@@ -324,7 +325,7 @@ def test_empty_axis_is_an_error_naming_it() -> None:
 
 def test_empty_matrix_is_zero_combinations() -> None:
     spec = spec_of("")
-    assert count_combinations(spec, as_of=AS_OF) == 0
+    assert combinations_bound(spec, as_of=AS_OF) == 0
     assert expand(spec) == []
 
 
@@ -405,7 +406,7 @@ def test_100k_combinations_expand_lazily_in_small_memory() -> None:
         a = 1
         """
     )
-    assert count_combinations(spec, as_of=AS_OF) == 99_000
+    assert combinations_bound(spec, as_of=AS_OF) == 100_000  # before the exclude
     combos = expand_matrix(spec, dataset=1, as_of=AS_OF)
     assert isinstance(combos, types.GeneratorType)
     tracemalloc.start()
@@ -500,14 +501,15 @@ def to_table(axes: Mapping[str, list[str]], exclude: Any, include: Any) -> dict[
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(matrices())
-def test_include_exclude_agree_with_reference_and_count(
+def test_include_exclude_agree_with_reference_and_the_bound(
     m: tuple[dict[str, list[str]], list[dict[str, str]], list[dict[str, str]]],
 ) -> None:
     axes, exclude, include = m
     spec = parse_matrix(to_table(axes, exclude, include), source=SOURCE, base_dir=Path("."))
     got = expand(spec)
     assert got == reference(axes, exclude, include)
-    assert count_combinations(spec, as_of=AS_OF) == len(got)
+    product = math.prod(len(v) for v in axes.values()) if axes else 0
+    assert combinations_bound(spec, as_of=AS_OF) == product + len(include) >= len(got)
 
 
 @settings(max_examples=60, deadline=None)
@@ -545,7 +547,7 @@ def test_date_ranges_are_deterministic_and_counted(as_of: datetime, back: int, s
     first = [c.combo_id for c in expand_matrix(spec, dataset=3, as_of=as_of)]
     second = [c.combo_id for c in expand_matrix(spec, dataset=3, as_of=as_of)]
     assert first == second
-    assert count_combinations(spec, as_of=as_of) == len(first)
+    assert combinations_bound(spec, as_of=as_of) == len(first)  # no excludes or includes
     days = [c.values["day"] for c in expand_matrix(spec, dataset=3, as_of=as_of)]
     assert all(isinstance(d, date) and d <= as_of.date() for d in days)
 
@@ -583,21 +585,9 @@ def mixed_tables(draw: st.DrawFn) -> dict[str, Any]:
 
 @settings(max_examples=80, deadline=None)
 @given(mixed_tables())
-def test_count_equals_expansion_for_ranges_and_zips(table: dict[str, Any]) -> None:
+def test_bound_holds_for_ranges_and_zips(table: dict[str, Any]) -> None:
     spec = parse_matrix(table, source=SOURCE, base_dir=Path("."))
     combos = expand(spec)
-    assert count_combinations(spec, as_of=AS_OF) == len(combos)
+    product = len(expand(dataclasses.replace(spec, exclude=(), include=())))
+    assert combinations_bound(spec, as_of=AS_OF) == product + len(spec.include) >= len(combos)
     assert len({tuple(sorted(c.items())) for c in combos}) == len(combos)
-
-
-def test_count_falls_back_to_enumeration_for_many_compatible_excludes(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import sweeper.matrix as matrix_module
-
-    table: dict[str, Any] = {f"a{i}": ["x", "y", "z"] for i in range(6)}
-    table["exclude"] = [{f"a{i}": "x"} for i in range(6)] + [{"a0": "y", "a1": "y"}]
-    spec = parse_matrix(table, source=SOURCE, base_dir=Path("."))
-    exact = count_combinations(spec, as_of=AS_OF)
-    monkeypatch.setattr(matrix_module, "_UNION_BUDGET", 3)
-    assert count_combinations(spec, as_of=AS_OF) == exact == len(expand(spec)) == 2**6 - 2**4

@@ -106,7 +106,7 @@ def test_in_doubt_after_created_then_500_is_reconciled_on_resume(project: Path) 
 def test_resend_uses_the_execution_id_in_the_ledger_not_a_recomputed_one(project: Path) -> None:
     app = emulator_app(project / "emu")
     config = _sweep(project, matrix='Region = ["01"]')
-    cfg = load_config(config, environ={"RELIAB_TOKEN": "t"})
+    cfg = load_config(config)
     item = next(iter(Planner(cfg, history=[], run_id="r1", as_of=AS_OF)))
     written = "swp-written-by-an-earlier-sweeper-version"
     with Ledger.open(cfg.sweep.ledger, sweep="s", param_names=["Region"]) as ledger:
@@ -142,7 +142,7 @@ def test_lookup_reaches_back_to_the_first_attempt_across_resumes(project: Path) 
     clock = FakeClock(two_hours_ago.timestamp())
     app = emulator_app(project / "emu", clock=clock)
     config = _sweep(project, matrix='Region = ["01"]')
-    cfg = load_config(config, environ={"RELIAB_TOKEN": "t"})
+    cfg = load_config(config)
     item = next(iter(Planner(cfg, history=[], run_id="r1", as_of=AS_OF)))
 
     async def lost_attempt() -> None:
@@ -199,7 +199,7 @@ def test_304_without_a_match_is_recorded_and_never_resubmitted_under_a_new_id(
     """The server has the execution id but its listing shows no matching group: stay in doubt."""
     app = emulator_app(project / "emu")
     config = _sweep(project, matrix='Region = ["01"]')
-    cfg = load_config(config, environ={"RELIAB_TOKEN": "t"})
+    cfg = load_config(config)
     item = next(iter(Planner(cfg, history=[], run_id="r1", as_of=AS_OF)))
     other = {
         **item.body,

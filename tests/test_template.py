@@ -1,4 +1,4 @@
-"""Rendering the request body from the overrides template; placeholders, path safety, collisions."""
+"""Rendering the request body from the overrides template; placeholders and path safety."""
 
 from __future__ import annotations
 
@@ -14,15 +14,7 @@ from hypothesis import strategies as st
 from sweeper.errors import MatrixError
 from sweeper.matrix import Combination, MatrixSpec, expand_matrix
 from sweeper.matrix_parse import parse_matrix
-from sweeper.template import (
-    RequestTemplate,
-    check_template,
-    find_collisions,
-    output_paths,
-    placeholders,
-    render_request,
-    render_string,
-)
+from sweeper.template import RequestTemplate, check_template
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,6 +34,19 @@ def combos(text: str) -> list[Combination]:
 
 def overrides_with_path(path: str) -> dict[str, Any]:
     return {"execution": "photon", "writesettings": [{"path": path, "action": "create"}]}
+
+
+def render_request(
+    dataset: int, overrides: dict[str, Any], combo: Combination, run_id: str
+) -> dict[str, Any]:
+    return RequestTemplate(dataset, overrides).render(combo, run_id)[0]
+
+
+def render_path(text: str, combo: Combination, run_id: str) -> str:
+    """One write setting's path, rendered (so with path safety)."""
+    body = render_request(33, overrides_with_path(text), combo, run_id)
+    path: str = body["overrides"]["writesettings"][0]["path"]
+    return path
 
 
 def test_render_request_exact_body() -> None:
@@ -83,15 +88,20 @@ def test_empty_overrides_are_omitted() -> None:
 
 def test_date_format_spec_and_escapes_and_builtins() -> None:
     combo = combos('day = { start = 2024-01-05, end = 2024-01-05, format = "%Y%m%d" }')[0]
-    text = "x/{day:%Y/%m/%d}/{day}/{{literal}}/{combo_id}/{run_id}"
-    key = "overrides.writesettings[0].path"
-    rendered = render_string(text, combo, "R", key=key)
+    rendered = render_path("x/{day:%Y/%m/%d}/{day}/{{literal}}/{combo_id}/{run_id}", combo, "R")
     assert rendered == f"x/2024/01/05/20240105/{{literal}}/{combo.combo_id}/R"
 
 
-def test_number_format_spec() -> None:
-    combo = combos("n = [7]")[0]
-    assert render_string("n{n:03d}", combo, "r") == "n007"
+def test_a_strftime_pattern_on_a_value_that_is_not_a_date_is_refused() -> None:
+    combo = combos('Region = ["01"]')[0]
+    with pytest.raises(MatrixError, match=r"\{Region:%Y\} writes a date.*not a date"):
+        render_request(33, {"execution": "{Region:%Y}"}, combo, "r")
+
+
+@pytest.mark.parametrize("text", ["n{n:03d}", "n{n:>200000000}", "{n!r}", "{n!s:%Y}"])
+def test_format_specs_and_conversions_are_refused(text: str) -> None:
+    with pytest.raises(MatrixError, match="placeholders take no format spec"):
+        check_template({"execution": text}, spec_of("n = [7]"))
 
 
 def test_unknown_placeholder_names_key_path_and_suggests() -> None:
@@ -153,37 +163,12 @@ def test_rendered_path_stays_in_its_directory(value: str) -> None:
     """AC-S3: any value either renders to exactly one component under out/, or is refused."""
     combo = Combination({"p": value}, {"p": value}, "c" * 16)
     try:
-        path = render_string("out/{p}.csv", combo, "r", key="overrides.writesettings[0].path")
+        path = render_path("out/{p}.csv", combo, "r")
     except MatrixError:
         return
     parts = path.split("/")
     assert len(parts) == 2 and parts[0] == "out"
     assert "\\" not in path and "\x00" not in path and parts[1][:-4] != ".."
-
-
-def test_find_collisions() -> None:
-    pairs = [("a", "p1"), ("b", "p2"), ("c", "p1"), ("a", "p1"), ("d", "p2")]
-    found = find_collisions(pairs)
-    assert [(c.path, c.first_combo_id, c.combo_id) for c in found] == [
-        ("p1", "a", "c"),
-        ("p2", "b", "d"),
-    ]
-    assert find_collisions([("a", "p1"), ("b", "p2")]) == []
-
-
-def test_collision_from_a_path_that_omits_a_parameter() -> None:
-    found = combos('Region = ["01", "02"]\nmode = ["x"]')
-    template = overrides_with_path("out/{mode}.csv")
-    pairs = [
-        (c.combo_id, p) for c in found for p in output_paths(render_request(1, template, c, "r"))
-    ]
-    collisions = find_collisions(pairs)
-    assert len(collisions) == 1 and collisions[0].path == "out/x.csv"
-
-
-def test_placeholders_lists_names_in_order() -> None:
-    template = {"execution": "{b}", "writesettings": [{"path": "{a}/{b}/{{c}}"}]}
-    assert list(placeholders(template)) == ["b", "a"]
 
 
 @pytest.mark.parametrize(
@@ -204,16 +189,19 @@ def test_placeholders_lists_names_in_order() -> None:
     ],
     ids=["none", "no-paths", "one-path", "both-spellings"],
 )
-def test_request_template_renders_what_render_request_does(overrides: dict[str, Any]) -> None:
-    """The planner's compiled template gives the same body, and the paths output_paths finds."""
+def test_output_paths_are_the_rendered_write_setting_paths(overrides: dict[str, Any]) -> None:
     template = RequestTemplate(33, overrides)
     text = 'Region = ["01", "02"]\nday = { start = 2024-01-30, end = 2024-02-01 }'
     for combo in combos(text):
         body, paths = template.render(combo, "r1")
-        assert body == render_request(33, overrides, combo, "r1")
-        assert paths == tuple(output_paths(body))
-        again, _ = template.render(combo, "r1")
-        assert again is not body and again == body  # a fresh body each time: nothing shared
+        rendered = body.get("overrides", {})
+        expected = [
+            entry["path"]
+            for spelling in ("writesettings", "writeSettings")
+            for entry in rendered.get(spelling, ())
+            if isinstance(entry, dict) and "path" in entry
+        ]
+        assert paths == tuple(expected)
 
 
 def test_request_template_still_checks_every_path_value() -> None:
@@ -224,34 +212,29 @@ def test_request_template_still_checks_every_path_value() -> None:
         template.render(bad, "r")
 
 
-def test_compiled_template_renders_each_string_as_render_string_does() -> None:
-    """Placeholders specialised at compile time and fixed parts copied give what the general
-    renderer gives string by string, in fresh containers for every body."""
+def test_nested_template_renders_every_string_into_fresh_containers() -> None:
     overrides = {
         "execution": "photon-{Region}",
         "profiler": False,
-        "writesettings": [
+        "writesettings": (
             {"path": "out/{run_id}/{Region}/{day:%Y/%m/%d}/{{x}}-{combo_id}.csv", "n": 1},
             {"action": "append"},
-        ],
-        "nested": {"deep": ["{day}", {"k": "{run_id}-{Region:>4}"}, 3], "fixed": {"a": "b"}},
+        ),
+        "nested": {"deep": ["{day}", {"k": "{run_id}-{Region}"}, 3], "fixed": {"a": "b"}},
     }
-    text = 'Region = ["01", "02"]\nday = { start = 2024-01-30, end = 2024-02-01 }'
-    for combo in combos(text):
-        body = render_request(33, overrides, combo, "r1")
-        assert body["overrides"] == _render_each_string(overrides, combo, "r1")
-        again = render_request(33, overrides, combo, "r1")
-        assert not _containers(again) & _containers(body)  # nothing shared between bodies
-
-
-def _render_each_string(value: Any, combo: Combination, run_id: str, key: str = "overrides") -> Any:
-    if isinstance(value, str):
-        return render_string(value, combo, run_id, key=key)
-    if isinstance(value, dict):
-        return {k: _render_each_string(v, combo, run_id, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_render_each_string(v, combo, run_id, f"{key}[{i}]") for i, v in enumerate(value)]
-    return value
+    combo = combos('Region = ["01"]\nday = { start = 2024-01-30, end = 2024-01-30 }')[0]
+    body = render_request(33, overrides, combo, "r1")
+    assert body["overrides"] == {
+        "execution": "photon-01",
+        "profiler": False,
+        "writesettings": [
+            {"path": f"out/r1/01/2024/01/30/{{x}}-{combo.combo_id}.csv", "n": 1},
+            {"action": "append"},
+        ],
+        "nested": {"deep": ["2024-01-30", {"k": "r1-01"}, 3], "fixed": {"a": "b"}},
+    }
+    again = render_request(33, overrides, combo, "r1")
+    assert not _containers(again) & _containers(body)  # nothing shared between bodies
 
 
 def _containers(value: Any) -> set[int]:
