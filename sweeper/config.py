@@ -197,6 +197,7 @@ _DURATION_UNITS = {
 }
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 _RATE_UNITS = {
+    "ms": 0.001,
     "s": 1.0,
     "sec": 1.0,
     "second": 1.0,

@@ -150,7 +150,7 @@ def test_bad_durations(raw: object) -> None:
 @pytest.mark.parametrize(
     ("raw", "rate"),
     [("25/min", Rate(25, 60.0)), ("30/1m", Rate(30, 60.0)), ("2/s", Rate(2, 1.0)),
-     ("100/h", Rate(100, 3600.0)), ("60/90s", Rate(60, 90.0))],
+     ("100/h", Rate(100, 3600.0)), ("60/90s", Rate(60, 90.0)), ("1/500ms", Rate(1, 0.5))],
 )  # fmt: skip
 def test_rates(raw: str, rate: Rate) -> None:
     assert parse_rate(raw) == rate

@@ -223,3 +223,67 @@ def test_304_without_a_match_is_recorded_and_never_resubmitted_under_a_new_id(
     assert {r.execution_id for r in rows} == {item.execution_id}
     assert [r.event for r in rows].count(Event.SUBMITTED) == 0
     assert oracle(app)["created"] == 1
+
+
+def test_attempts_count_within_the_generation_across_resumes(project: Path) -> None:
+    """Attempt 1 died with the process; the resume's resend is attempt 2, as the ledger says."""
+    app = emulator_app(project / "emu")
+    config = _sweep(project)
+    intent = _crash_once(config, app, after_server=False)
+    assert intent.attempt == 1
+    run_library(config, httpx.ASGITransport(app=app))
+    rows = [r for r in read_ledger(Path("results/s.csv")) if r.combo_id == intent.combo_id]
+    assert [r.attempt for r in rows if r.event is Event.INTENT] == [1, 2]
+
+
+def test_in_doubt_then_429_stays_in_doubt_and_resumes_once(project: Path) -> None:
+    """Attempt 1 created the group but answered 500; every retry then got 429. The group
+    exists, so the combination is in doubt (not `not_sent`) and a resume reconciles it."""
+    app = emulator_app(project / "emu")
+    asgi = httpx.ASGITransport(app=app)
+    posts: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/v4/jobGroups":
+            posts.append(request.headers["x-execution-id"])
+            if len(posts) == 1:
+                await asgi.handle_async_request(request)  # created...
+                return httpx.Response(500)  # ...but the answer is lost
+            return httpx.Response(429, headers={"x-retry-after": "0"})
+        return await asgi.handle_async_request(request)
+
+    config = _sweep(project, matrix='Region = ["01"]', retry={"attempts": 3})
+    first, _ = run_library(config, httpx.MockTransport(handler))
+    assert len(posts) == 3 and len(set(posts)) == 1
+    assert first.exit_code == 3 and first.in_doubt == 1 and first.not_sent == 0
+    (last,) = {r.combo_id: r for r in read_ledger(Path("results/s.csv"))}.values()
+    assert last.event is Event.IN_DOUBT
+
+    again, _ = run_library(config, httpx.ASGITransport(app=app))
+    assert again.exit_code == 0 and again.succeeded == 1 and again.duplicates == 1
+    assert oracle(app)["created"] == 1
+
+
+def test_a_lost_ledger_is_rebuilt_from_the_platform_without_creating_anything(
+    project: Path,
+) -> None:
+    """The groups were made two hours ago and the ledger is gone: every POST gets 304, the
+    lookup reaches back to the start of the run (not just to this process's first attempt),
+    and each combination is recorded with its group."""
+    two_hours_ago = datetime.now(timezone.utc) - timedelta(hours=2)
+    clock = FakeClock(two_hours_ago.timestamp())
+    app = emulator_app(project / "emu", clock=clock)
+    config = _sweep(project)
+    run_id = two_hours_ago.date().isoformat()
+    first, _ = run_library(config, httpx.ASGITransport(app=app), run_id=run_id, wait=False)
+    assert first.submitted == 6 and oracle(app)["created"] == 6
+    Path("results/s.csv").unlink()
+    clock.advance(2 * 3600)  # the jobs have long ended
+
+    again, _ = run_library(config, httpx.ASGITransport(app=app), run_id=run_id)
+    assert again.exit_code == 0 and again.succeeded == 6
+    assert again.duplicates == 6 and again.submitted == 0
+    assert oracle(app)["created"] == 6
+    rows = read_ledger(Path("results/s.csv"))
+    found = {r.combo_id: r.job_group_id for r in rows if r.event is Event.DUPLICATE}
+    assert len(found) == 6 and all(found.values())
