@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import ssl
 import stat
@@ -21,7 +20,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from sweeper.config import ApiSettings
+from sweeper.config import ApiSettings, is_loopback_host
 from sweeper.errors import AuthError, ConfigError
 from sweeper.redact import MIN_SECRET_LENGTH, add_secrets, basic_forms, redact
 
@@ -389,20 +388,10 @@ def secrets(
     return tuple(dict.fromkeys(v for v in values if v))
 
 
-def _is_loopback(base_url: str) -> bool:
-    host = (urlsplit(base_url).hostname or "").strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build_verify(api: ApiSettings) -> ssl.SSLContext | bool:
     """TLS verification for ``api``: on by default, a CA bundle if given, off only for loopback."""
     if api.insecure:
-        if api.embedded or _is_loopback(api.base_url):
+        if api.embedded or is_loopback_host(urlsplit(api.base_url).hostname or ""):
             return False
         raise ConfigError(
             "api.insecure = true turns off TLS verification and is allowed only for a loopback "

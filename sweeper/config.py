@@ -8,6 +8,7 @@ output of a command. Mappings in the result are read-only (``MappingProxyType``,
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import sys
@@ -210,7 +211,17 @@ _RATE_UNITS = {
     "d": 86400.0,
     "day": 86400.0,
 }
-_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for a host only this machine can reach: 127.0.0.0/8, ::1, localhost."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # any other name may resolve to an address the network can reach
 
 
 def parse_duration(raw: object) -> float:
@@ -450,14 +461,13 @@ def _api(r: _Reader, t: Mapping[str, Any]) -> ApiSettings:
     raw_base = t.get("base_url", d.base_url)
     base_url = "embedded" if raw_base == "embedded" else r.url(t, "base_url", "api")
     insecure = r.boolean(t, "insecure", "api", d.insecure)
-    if insecure and base_url != "embedded":
-        host = urlsplit(base_url or "").hostname or ""
-        if host not in _LOOPBACK:
-            raise r.error(
-                "insecure = true turns off TLS verification and is allowed only for a loopback "
-                "emulator (127.0.0.1 / localhost). For a corporate CA, set api.ca_bundle instead.",
-                "api.insecure",
-            )
+    loopback = is_loopback_host(urlsplit(base_url or "").hostname or "")
+    if insecure and base_url != "embedded" and not loopback:
+        raise r.error(
+            "insecure = true turns off TLS verification and is allowed only for a loopback "
+            "emulator (127.0.0.1 / localhost). For a corporate CA, set api.ca_bundle instead.",
+            "api.insecure",
+        )
     auth = r.choice(t, "auth", "api", d.auth) or d.auth
     return ApiSettings(
         base_url=base_url or d.base_url,

@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from sweeper.cli import cli
+from sweeper.config import is_loopback_host
 from sweeper.emulator import serve as serve_module
-from sweeper.emulator.serve import exposure_warning, is_loopback_host
+from sweeper.emulator.serve import exposure_warning
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable
 from types import FrameType
@@ -12,22 +11,12 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from sweeper.config import is_loopback_host
 from sweeper.emulator.app import create_app
 from sweeper.emulator.http import DROP_EXTENSION
 from sweeper.emulator.settings import EmulatorSettings
 
 log = logging.getLogger("sweeper.emulator")
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for an address only this machine can reach: 127.0.0.0/8, ::1, localhost."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False  # any other name may resolve to an address the network can reach
 
 
 def exposure_warning(host: str, *, token_required: bool) -> str | None:
