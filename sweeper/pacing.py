@@ -22,14 +22,18 @@ Clock = Callable[[], float]
 # Windows are stretched by 1 % (0.6 s of a minute): the platform counts POSTs as they arrive, so
 # jitter between our grant and the arrival could otherwise put one more POST in a server window.
 QUOTA_MARGIN = 0.01
+# POSTs that may go at once before even spacing takes over: a run's first few combinations do
+# not wait, and the platform still never sees more than a handful together.
+SUBMIT_BURST = 3
 
 
 class Pacer:
-    """At most ``count`` grants in any window of ``per_seconds``, one every ``per_seconds/count``.
+    """At most ``count`` grants in any window of ``per_seconds``, one every ``per_seconds/count``
+    on average, with at most ``burst`` at once.
 
-    Two rates in one bucket: the spacing rate keeps grants even (a burst of one), the window
-    rate is the quota itself. ``sleep`` is the run's interruptible sleep, so waiting for a slot
-    ends the moment the run is told to stop.
+    Two rates in one bucket: the spacing rate keeps grants even (``burst`` in any
+    ``burst * per_seconds / count``), the window rate is the quota itself. ``sleep`` is the run's
+    interruptible sleep, so waiting for a slot ends the moment the run is told to stop.
     """
 
     def __init__(
@@ -39,18 +43,20 @@ class Pacer:
         *,
         sleep: Sleep,
         margin: float = QUOTA_MARGIN,
+        burst: int = 1,
         clock: Clock = time.monotonic,
     ) -> None:
-        if count < 1 or per_seconds <= 0 or margin < 0:
-            raise ValueError("Pacer needs count >= 1, per_seconds > 0 and margin >= 0")
+        if count < 1 or per_seconds <= 0 or margin < 0 or burst < 1:
+            raise ValueError("Pacer needs count, burst >= 1, per_seconds > 0 and margin >= 0")
         window_ms = max(1, math.ceil(per_seconds * (1.0 + margin) * 1000))
         # The window rate is the quota; the spacing rate keeps grants one window/count apart.
         # A bucket window includes its first millisecond (Rate(1, 10) grants once per 11 ms),
         # hence the - 1. Above 500 grants a second spacing means nothing and is left out.
-        spacing_ms = window_ms // count
+        burst = min(burst, count)
+        spacing_ms = burst * window_ms // count
         rates = [Rate(count, window_ms)]
-        if count > 1 and spacing_ms >= 2:
-            rates.insert(0, Rate(1, spacing_ms - 1))
+        if count > burst and spacing_ms >= 2:
+            rates.insert(0, Rate(burst, spacing_ms - 1))
         self._bucket = InMemoryBucket(rates)
         self._sleep = sleep
         self._clock = clock

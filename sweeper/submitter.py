@@ -30,7 +30,7 @@ from sweeper.errors import (
 )
 from sweeper.journal import EventKind, Journal
 from sweeper.ledger import Event, LedgerRow, parse_timestamp, state_of
-from sweeper.pacing import Pacer
+from sweeper.pacing import SUBMIT_BURST, Pacer
 from sweeper.plan import Action, PlannedCombination, describe
 from sweeper.retry import CircuitBreaker, RetryBudget, call_with_retry
 from sweeper.state import State
@@ -56,7 +56,8 @@ class Submitter:
         self.config = config
         self.client = client
         self.stop = stop
-        self.pacer = Pacer(config.run.rate.count, config.run.rate.per_seconds, sleep=stop.sleep)
+        rate = config.run.rate
+        self.pacer = Pacer(rate.count, rate.per_seconds, sleep=stop.sleep, burst=SUBMIT_BURST)
         self.budget = RetryBudget(config.retry.budget)
         self.breaker = CircuitBreaker(
             config.retry.breaker_threshold,

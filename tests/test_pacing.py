@@ -283,3 +283,25 @@ def test_aligned_delay_groups_submitted_apart_poll_together() -> None:
     assert a == pytest.approx(1050.0) and b == pytest.approx(1050.0)
     assert aligned_delay(0.0, 5.0) == 0.0
     assert aligned_delay(-1.0, 5.0) == 0.0
+
+
+@pytest.mark.parametrize(("count", "per", "burst"), [(25, 60.0, 3), (480, 60.0, 3), (10, 1.0, 4)])
+def test_pacer_with_a_burst_lets_that_many_go_at_once_then_spaces_the_rest(
+    count: int, per: float, burst: int
+) -> None:
+    clock = SteppingClock()
+    pacer = Pacer(count, per, margin=0.0, burst=burst, clock=clock, sleep=clock.sleep)
+
+    async def go() -> list[float]:
+        grants = []
+        for _ in range(3 * count):
+            await pacer.acquire()
+            grants.append(clock.now)
+        return grants
+
+    grants = asyncio.run(go())
+    assert grants[:burst] == [0.0] * burst and grants[burst] > 0.0
+    # Never more than `burst` in any span of burst * per / count, nor `count` in any window.
+    for i in range(len(grants) - burst):
+        assert grants[i + burst] - grants[i] >= burst * per / count - MS
+    _assert_window(grants, count, per)
