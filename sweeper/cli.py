@@ -213,7 +213,7 @@ def run(
     from sweeper.config import load_config
     from sweeper.connection import connect
     from sweeper.ledger import Ledger
-    from sweeper.plan import latest_as_of
+    from sweeper.planner import latest_as_of
     from sweeper.redact import install_redaction
     from sweeper.runner import run_sweep
     from sweeper.signals import SignalRelay
@@ -325,7 +325,7 @@ def plan(
     from sweeper import render
     from sweeper.config import load_config
     from sweeper.ledger import read_ledger
-    from sweeper.plan import PlannedCombination, Planner, latest_as_of, plan_message
+    from sweeper.planner import PlannedCombination, Planner, latest_as_of, plan_message
 
     with _exit_codes():
         config = load_config(config_path)
@@ -363,7 +363,7 @@ def plan(
 def _status_target(target: Path, config_opt: Path | None) -> tuple[Path | None, Path]:
     """(config, ledger) for `sweeper status TARGET`: a sweep file or a ledger."""
     from sweeper.config import load_config
-    from sweeper.status import find_config_for
+    from sweeper.refreshing import find_config_for
 
     if target.suffix == ".toml":
         return target, load_config(target).sweep.ledger
@@ -412,7 +412,7 @@ def status(
     from sweeper.config import load_config
     from sweeper.connection import connect
     from sweeper.ledger import Ledger, current_state, read_ledger
-    from sweeper.status import StatusResult, refresh
+    from sweeper.refreshing import StatusResult, refresh
 
     with _exit_codes():
         config_path, ledger_path = _status_target(target, config_opt)
@@ -500,7 +500,7 @@ def report(
         sweeper report results/regions.csv --format markdown --run-id 2026-11-28
         sweeper report results/regions.csv --html results/regions.html
     """
-    from sweeper import report as reporting
+    from sweeper import reporting
     from sweeper.ledger import read_ledger
 
     with _exit_codes():

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sweeper.identity import canonical_json
-from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe, plan_message
+from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
     from sweeper.journal import RunEvent, RunSummary
-    from sweeper.status import StatusResult
+    from sweeper.refreshing import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
 REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"

@@ -32,7 +32,7 @@ from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
 from sweeper.journal import RunEvent, RunSummary
 from sweeper.ledger import Ledger, read_ledger
-from sweeper.report import Report, build_report, render, report_dict, write_html
+from sweeper.reporting import Report, build_report, render, report_dict, write_html
 from tests.reliab_support import run_library
 
 # 4 Regions x 2 types = 8 combinations; fast lifecycle, polling and pacing.
@@ -499,7 +499,7 @@ def test_html_report_has_every_table_and_a_chart(two_nights: Any, tmp_path: Path
 
 def test_timed_out_run_then_status_finishes_it(project: Path) -> None:
     """run.timeout with jobs still running: timed_out rows, exit 3, then `status` ends them."""
-    from sweeper.status import refresh
+    from sweeper.refreshing import refresh
 
     config = write_sweep(project, timeout="1s")
     emulator = Emulator(project)

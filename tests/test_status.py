@@ -18,7 +18,7 @@ from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger, read_ledger
-from sweeper.status import StatusResult, refresh
+from sweeper.refreshing import StatusResult, refresh
 from tests.emulator_server import running_emulator
 from tests.test_report_sweeps import Emulator, run, truth, write_sweep
 

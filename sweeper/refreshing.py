@@ -15,7 +15,7 @@ from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError
 from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of, utc_timestamp
 from sweeper.pacing import Pacer, poll_delays
-from sweeper.plan import Planner, latest_as_of
+from sweeper.planner import Planner, latest_as_of
 from sweeper.polling import StatusPoller
 from sweeper.waiter import finished_fields
 
