@@ -301,6 +301,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
         "finished_now": result.finished,
         "errors": result.errors,
         "timed_out": result.timed_out,
+        "interrupted": result.interrupted,
         "combinations": _status_rows(result),
     }
 
@@ -328,4 +329,6 @@ def status_text(result: StatusResult) -> str:
     lines.extend(f"warning: {e}" for e in result.errors[:10])
     if result.timed_out:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")
+    if result.interrupted:
+        lines.append("Interrupted. The ledger is consistent: run the same command again to resume.")
     return "\n".join(lines)
