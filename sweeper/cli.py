@@ -1,7 +1,7 @@
-"""The ``sweeper`` command: a thin shell over the library.
+"""The ``sweeper`` command: a thin shell over the library (``sweeper.commands``).
 
-Commands parse options, call library functions, render results, and leave exit codes to
-``_exit_codes``, the one place where exceptions become exit codes:
+Each command parses its options, calls one library function, renders the result and exits with
+``sweeper.errors.exit_code_for`` of it. Errors take the one way out, ``_exit_codes``:
 
     0  every combination succeeded
     1  the run could not go on (auth, unreachable API, ledger locked, interrupted)
@@ -17,14 +17,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, cast
+from typing import NoReturn, cast
 
 import click
 
 from sweeper import __version__
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.errors import ConfigError, Outcome, SweeperError, exit_code_for
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("sweeper")
@@ -32,39 +31,24 @@ log = logging.getLogger("sweeper")
 
 @contextlib.contextmanager
 def _exit_codes() -> Iterator[None]:
-    """Translate library errors into a message on stderr and DESIGN.md's exit codes."""
+    """The CLI's one error handler: a message on stderr, then the error's exit code."""
     try:
         yield
-    except ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    except SweeperError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        # Every ledger row written so far is on disk (fsynced), so stopping here is safe.
-        click.echo(
-            "Interrupted. The ledger is consistent: run the same command again to resume.",
-            err=True,
-        )
-        sys.exit(1)
+    except (SweeperError, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            # Every ledger row written so far is on disk (fsynced), so stopping here is safe.
+            click.echo(
+                "Interrupted. The ledger is consistent: run the same command again to resume.",
+                err=True,
+            )
+        else:
+            click.echo(f"Error: {exc}", err=True)
+        sys.exit(exit_code_for(exc))
 
 
-def _today() -> str:
-    return datetime.now(timezone.utc).date().isoformat()
-
-
-def _parse_as_of(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO date or datetime (e.g. 2026-11-29 or 2026-11-29T06:00).",
-            param_hint="--as-of",
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+def _exit(outcome: Outcome) -> NoReturn:
+    """Exit with the code a finished command's result calls for."""
+    sys.exit(exit_code_for(outcome))
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -206,68 +190,33 @@ def run(
         )
         return
     _setup_logging(verbose, quiet)
-    import asyncio
-
-    from sweeper import render
-    from sweeper.auth import secrets
-    from sweeper.config import load_config
-    from sweeper.connection import connect
-    from sweeper.ledger import Ledger
-    from sweeper.plan import latest_as_of
-    from sweeper.redact import install_redaction
-    from sweeper.runner import run_sweep
+    from sweeper import commands, render
     from sweeper.signals import SignalRelay
-    from sweeper.stopping import StopController
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
     with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
-        config = load_config(config_path)
-        rid = run_id or _today()
-        client = connect(config)
-        install_redaction(secrets(config.api, os.environ))
         progress = render.Progress(quiet=quiet or as_json)
-
-        async def main() -> Any:
-            stop = StopController(cancel_on_interrupt=cancel_on_interrupt)
-            with (
-                relay.attached(stop.interrupt),
-                Ledger.open(
-                    config.sweep.ledger,
-                    sweep=config.sweep.name,
-                    param_names=config.matrix.param_names,
-                    run_id=rid,
-                ) as ledger,
-            ):
-                resolved = (
-                    latest_as_of(ledger.history(), rid)
-                    or _parse_as_of(as_of)
-                    or (datetime.now(timezone.utc))
-                )
-                async with client:
-                    return await run_sweep(
-                        config,
-                        client=client,
-                        ledger=ledger,
-                        run_id=rid,
-                        as_of=resolved,
-                        rerun=rerun,
-                        only=only,
-                        limit=limit,
-                        wait=wait,
-                        allow_large=allow_large,
-                        stop=stop,
-                        on_event=progress.event,
-                    )
-
         try:
-            summary = asyncio.run(main())
+            summary = commands.run(
+                config_path,
+                run_id=run_id,
+                as_of=as_of,
+                rerun=rerun,
+                only=only,
+                limit=limit,
+                wait=wait,
+                allow_large=allow_large,
+                cancel_on_interrupt=cancel_on_interrupt,
+                on_event=progress.event,
+                relay=relay,
+            )
         finally:
             progress.close()
         if as_json:
             click.echo(json.dumps(summary.as_dict(), indent=2))
         else:
             click.echo(render.summary_text(summary))
-        sys.exit(summary.exit_code)
+        _exit(summary)
 
 
 @cli.command()
@@ -322,52 +271,26 @@ def plan(
         sweeper plan configs/backfill.toml --as-of 2026-11-01 --output plan.csv
         sweeper plan configs/regions.toml --format json | jq '.combinations[0].body'
     """
-    from sweeper import render
-    from sweeper.config import load_config
-    from sweeper.ledger import read_ledger
-    from sweeper.plan import PlannedCombination, Planner, latest_as_of, plan_message
+    from sweeper import commands, render
 
+    json_out = fmt == "json" or as_json
     with _exit_codes():
-        config = load_config(config_path)
-        rid = run_id or _today()
-        ledger_path = config.sweep.ledger
-        history = read_ledger(ledger_path, sweep=config.sweep.name) if ledger_path.exists() else []
-        resolved = latest_as_of(history, rid) or _parse_as_of(as_of) or datetime.now(timezone.utc)
-        planner = Planner(
-            config, history=history, run_id=rid, as_of=resolved, rerun=rerun, only=only, limit=limit
+        planned = commands.plan(
+            config_path,
+            run_id=run_id,
+            as_of=as_of,
+            rerun=rerun,
+            only=only,
+            limit=limit,
+            allow_large=allow_large,
+            keep_all=show_all or json_out,
+            output=output,
         )
-        json_out = fmt == "json" or as_json
-        digest = render.PlanDigest(keep_all=show_all or json_out)
-        sinks = [digest.add]
-        plan_csv = render.PlanCsv(output, config.matrix.param_names) if output else None
-        if plan_csv is not None:
-            sinks.append(plan_csv.add)
-
-        def take(item: PlannedCombination) -> None:
-            for sink in sinks:
-                sink(item)
-
-        try:
-            counts = planner.check(allow_large=allow_large, on_item=take)
-        finally:
-            if plan_csv is not None:
-                plan_csv.close()
+        parts = (planned.planner, planned.counts, planned.digest)
         if json_out:
-            click.echo(json.dumps(render.plan_json(planner, counts, digest), indent=2))
-        elif quiet:
-            click.echo(plan_message(counts, config.sweep.name, rid))
+            click.echo(json.dumps(render.plan_json(*parts), indent=2))
         else:
-            click.echo(render.plan_text(planner, counts, digest))
-
-
-def _status_target(target: Path, config_opt: Path | None) -> tuple[Path | None, Path]:
-    """(config, ledger) for `sweeper status TARGET`: a sweep file or a ledger."""
-    from sweeper.config import load_config
-    from sweeper.status import find_config_for
-
-    if target.suffix == ".toml":
-        return target, load_config(target).sweep.ledger
-    return (config_opt or find_config_for(target)), target
+            click.echo(planned.message if quiet else render.plan_text(*parts))
 
 
 @cli.command()
@@ -406,64 +329,36 @@ def status(
         sweeper status results/regions.csv --no-refresh --json
     """
     _setup_logging(verbose, quiet)
-    import asyncio
+    from sweeper import commands, render
+    from sweeper.refreshing import StatusResult
+    from sweeper.signals import SignalRelay
 
-    from sweeper import render
-    from sweeper.config import load_config
-    from sweeper.connection import connect
-    from sweeper.ledger import Ledger, current_state, read_ledger
-    from sweeper.status import StatusResult, refresh
+    def show(res: StatusResult) -> None:
+        if watch and not quiet and not as_json:
+            counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in res.counts().items())
+            click.echo(f"[sweeper] {counts}", err=True)
 
-    with _exit_codes():
-        config_path, ledger_path = _status_target(target, config_opt)
-        if not ledger_path.exists():
-            raise ConfigError(f"there is no ledger at {ledger_path}; run the sweep first.")
-        if no_refresh or config_path is None:
-            if config_path is None and not no_refresh and not quiet:
-                click.echo(
-                    f"No sweep file found for {ledger_path}: showing the ledger without asking the "
-                    "API (pass --config to refresh).",
-                    err=True,
-                )
-            sweep = load_config(config_path).sweep.name if config_path is not None else None
-            history = read_ledger(ledger_path, sweep=sweep)
-            rid = run_id or (history[-1].run_id if history else "")
-            result = StatusResult(
-                run_id=rid, rows=list(current_state(history, run_id=rid).values())
+    with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
+        result = commands.status(
+            target,
+            config=config_opt,
+            run_id=run_id,
+            watch=watch,
+            refresh=not no_refresh,
+            on_change=show,
+            relay=relay,
+        )
+        if result.sweep_file is None and not no_refresh and not quiet:
+            click.echo(
+                f"No sweep file found for {target}: showing the ledger without asking the API "
+                "(pass --config to refresh).",
+                err=True,
             )
+        if as_json:
+            click.echo(json.dumps(render.status_json(result), indent=2))
         else:
-            config = load_config(config_path)
-            client = connect(config)
-
-            def show(res: StatusResult) -> None:
-                if watch and not quiet and not as_json:
-                    counts = ", ".join(
-                        f"{n} {k.replace('_', ' ')}" for k, n in res.counts().items()
-                    )
-                    click.echo(f"[sweeper] {counts}", err=True)
-
-            async def main() -> StatusResult:
-                with Ledger.open(
-                    ledger_path, sweep=config.sweep.name, param_names=config.matrix.param_names
-                ) as ledger:
-                    async with client:
-                        return await refresh(
-                            config,
-                            client=client,
-                            ledger=ledger,
-                            run_id=run_id,
-                            watch=watch,
-                            on_change=show,
-                        )
-
-            result = asyncio.run(main())
-    if as_json:
-        click.echo(json.dumps(render.status_json(result), indent=2))
-    else:
-        click.echo(render.status_text(result))
-    counts = result.counts()
-    bad = sum(n for k, n in counts.items() if k != "succeeded")
-    sys.exit(3 if bad else 0)
+            click.echo(render.status_text(result))
+        _exit(result)
 
 
 @cli.command()
@@ -500,20 +395,13 @@ def report(
         sweeper report results/regions.csv --format markdown --run-id 2026-11-28
         sweeper report results/regions.csv --html results/regions.html
     """
-    from sweeper import report as reporting
-    from sweeper.ledger import read_ledger
+    from sweeper import commands, reporting
 
     with _exit_codes():
-        if not ledger_path.exists():
-            raise ConfigError(f"there is no ledger at {ledger_path}; run the sweep first.")
-        rows = read_ledger(ledger_path)
-        try:
-            built = reporting.build_report(rows, run_id=run_id)
-        except ValueError as exc:  # an unknown --run-id: bad usage
-            raise ConfigError(f"{exc}; pick one with --run-id.", path=str(ledger_path)) from None
+        built = commands.report(ledger_path, run_id=run_id)
         click.echo(reporting.render(built, cast(reporting.Format, "json" if as_json else fmt)))
         if html_path is not None:
-            reporting.write_html(built, html_path, rows)
+            reporting.write_html(built, html_path)
             click.echo(f"wrote {html_path}", err=True)
 
 

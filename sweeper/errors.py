@@ -38,6 +38,10 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # bad usage or configuration: nothing was submitted
     INCOMPLETE = 3  # finished, but some combinations failed, are in doubt or still running
 
+    def __str__(self) -> str:
+        # The number a shell sees, on every Python (3.10 would print "ExitCode.OK").
+        return str(self.value)
+
 
 class FailureClass(enum.Enum):
     """What an API failure tells us about whether the request took effect."""

@@ -15,7 +15,7 @@ from typing import Any
 from sweeper.config import SweepConfig
 from sweeper.errors import ExitCode, exit_code_for
 from sweeper.ledger import Event, Ledger, LedgerRow, utc_timestamp
-from sweeper.plan import PlannedCombination
+from sweeper.planner import PlannedCombination
 from sweeper.state import State
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sweeper.identity import canonical_json
-from sweeper.plan import PlanCounts, PlannedCombination, Planner, describe, plan_message
+from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
     from sweeper.journal import RunEvent, RunSummary
-    from sweeper.status import StatusResult
+    from sweeper.refreshing import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
 REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
@@ -301,6 +301,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
         "finished_now": result.finished,
         "errors": result.errors,
         "timed_out": result.timed_out,
+        "interrupted": result.interrupted,
         "combinations": _status_rows(result),
     }
 
@@ -328,4 +329,6 @@ def status_text(result: StatusResult) -> str:
     lines.extend(f"warning: {e}" for e in result.errors[:10])
     if result.timed_out:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")
+    if result.interrupted:
+        lines.append("Interrupted. The ledger is consistent: run the same command again to resume.")
     return "\n".join(lines)

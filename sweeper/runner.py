@@ -25,7 +25,7 @@ from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig
 from sweeper.journal import EventKind, Journal, RunEvent, RunSummary
 from sweeper.ledger import Ledger, current_state, state_of
-from sweeper.plan import Action, PlanCounts, PlannedCombination, Planner, describe, plan_message
+from sweeper.planner import Action, PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.stopping import StopController, StopReason
 from sweeper.submitter import Submitter
 from sweeper.waiter import Waiter

@@ -31,7 +31,7 @@ from sweeper.errors import (
 from sweeper.journal import EventKind, Journal
 from sweeper.ledger import Event, LedgerRow, parse_timestamp, state_of
 from sweeper.pacing import SUBMIT_BURST, Pacer
-from sweeper.plan import Action, PlannedCombination, describe
+from sweeper.planner import Action, PlannedCombination, describe
 from sweeper.retry import CircuitBreaker, RetryBudget, call_with_retry
 from sweeper.state import State
 from sweeper.stopping import StopController, Stopped, StopReason

@@ -22,7 +22,7 @@ from sweeper.journal import EventKind, Journal
 from sweeper.ledger import Event, parse_timestamp
 from sweeper.outputs import verify_outputs
 from sweeper.pacing import Pacer, aligned_delay, poll_delays
-from sweeper.plan import PlannedCombination, describe
+from sweeper.planner import PlannedCombination, describe
 from sweeper.polling import StatusPoller
 from sweeper.stopping import StopController, Stopped, StopReason
 

@@ -220,24 +220,19 @@ def oracle(app: Any, what: str = "stats") -> Any:
 
 def run_library(
     config_path: Path,
-    transport: httpx.AsyncBaseTransport,
+    transport: httpx.AsyncBaseTransport | None,
     *,
     run_id: str = "r1",
     token: str = "test-token",
     **kwargs: Any,
 ) -> tuple[Any, list[Any]]:
-    """run_sweep() on a config over ``transport``; returns (summary, events)."""
-    import asyncio
+    """``sweeper.run`` on a config over ``transport`` (None: sweeper's own connection set-up),
+    the token in the sweep's ``RELIAB_TOKEN``; returns (summary, events)."""
     from datetime import datetime, timezone
 
-    from sweeper.config import load_config
-    from sweeper.connection import connect
+    import sweeper
     from sweeper.journal import RunEvent
-    from sweeper.ledger import Ledger
-    from sweeper.runner import run_sweep
 
-    config = load_config(config_path)
-    client = connect(config, environ={"RELIAB_TOKEN": token}, transport=transport)
     events: list[RunEvent] = []
     on_event = kwargs.pop("on_event", None)
 
@@ -246,19 +241,13 @@ def run_library(
         if on_event is not None:
             on_event(event)
 
-    async def main() -> Any:
-        with Ledger.open(
-            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-        ) as ledger:
-            async with client:
-                return await run_sweep(
-                    config,
-                    client=client,
-                    ledger=ledger,
-                    run_id=run_id,
-                    as_of=datetime(2026, 11, 29, tzinfo=timezone.utc),
-                    on_event=record,
-                    **kwargs,
-                )
-
-    return asyncio.run(main()), events
+    summary = sweeper.run(
+        config_path,
+        run_id=run_id,
+        as_of=datetime(2026, 11, 29, tzinfo=timezone.utc),
+        on_event=record,
+        environ={"RELIAB_TOKEN": token},
+        transport=transport,
+        **kwargs,
+    )
+    return summary, events

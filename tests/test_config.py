@@ -11,7 +11,7 @@ import pytest
 from sweeper.config import Rate, SweepConfig, load_config, parse_duration, parse_rate
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.matrix import expand_matrix
-from sweeper.plan import Planner
+from sweeper.planner import Planner
 
 ROOT = Path(__file__).resolve().parent.parent
 AS_OF = datetime(2024, 3, 15, tzinfo=timezone.utc)

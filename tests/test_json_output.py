@@ -14,7 +14,7 @@ from sweeper.cli import cli
 from sweeper.emulator import EmulatorSettings
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger
-from sweeper.report import REPORT_SCHEMA
+from sweeper.reporting import REPORT_SCHEMA
 from tests.emulator_server import running_emulator
 from tests.test_report_sweeps import write_sweep
 

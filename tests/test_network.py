@@ -259,7 +259,7 @@ attempts = 1
 
 def sweep(config: Path, **kwargs: Any) -> Any:
     """Run the sweep over sweeper's own connection set-up (no transport given); the summary."""
-    summary, _ = run_library(config, None, wait=False, **kwargs)  # type: ignore[arg-type]
+    summary, _ = run_library(config, None, wait=False, **kwargs)
     return summary
 
 

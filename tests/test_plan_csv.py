@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sweeper.matrix import Combination
-from sweeper.plan import Action, PlannedCombination
+from sweeper.planner import Action, PlannedCombination
 from sweeper.render import PlanCsv
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,13 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
+import sweeper
 from sweeper.client import DataprepClient
 from sweeper.config import load_config
-from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings, create_app
-from sweeper.ledger import Event, Ledger
+from sweeper.ledger import Event, read_ledger
 from sweeper.pacing import Pacer, aligned_delay
 from sweeper.polling import StatusPoller
-from sweeper.runner import run_sweep
 from tests.conftest import FAST_RUN
 
 
@@ -71,22 +69,9 @@ def _sweep(write_config: Any) -> Path:
 
 
 def _run(path: Path, transport: Counting) -> Any:
-    config = load_config(path)
-
-    async def main() -> Any:
-        with Ledger.open(
-            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-        ) as ledger:
-            async with connect(config, environ={}, transport=transport) as client:
-                return await run_sweep(
-                    config,
-                    client=client,
-                    ledger=ledger,
-                    run_id="r",
-                    as_of=datetime.now(timezone.utc),
-                ), ledger.history()
-
-    return asyncio.run(main())
+    """A sweep through ``sweeper.run`` over ``transport``: (summary, the ledger's rows)."""
+    summary = sweeper.run(path, run_id="r", environ={}, transport=transport)
+    return summary, read_ledger(load_config(path).sweep.ledger)
 
 
 def test_groups_that_come_due_together_share_one_listing(write_config: Any, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sweeper.config import load_config
 from sweeper.emulator import FaultSettings
 from sweeper.ledger import Event, Ledger, LedgerRow, read_ledger, utc_timestamp
-from sweeper.plan import Planner
+from sweeper.planner import Planner
 from tests.emulator_server import FakeClock
 from tests.reliab_support import emulator_app, oracle, run_library, write_sweep
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweeper.ledger import Event, Ledger, LedgerRow, read_ledger, rows_to_frame
-from sweeper.report import build_report, neutralize, render, write_html
+from sweeper.reporting import build_report, neutralize, render, write_html
 
 FORMULA = '=HYPERLINK("http://evil","x")'
 SCRIPT = "<script>alert(1)</script> | pipe"

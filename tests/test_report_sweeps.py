@@ -26,13 +26,13 @@ from typing import Any
 import httpx
 import pytest
 
-from sweeper.config import SweepConfig, load_config
-from sweeper.connection import connect
+import sweeper
+from sweeper.config import load_config
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
 from sweeper.journal import RunEvent, RunSummary
-from sweeper.ledger import Ledger, read_ledger
-from sweeper.report import Report, build_report, render, report_dict, write_html
+from sweeper.ledger import read_ledger
+from sweeper.reporting import Report, build_report, render, report_dict, write_html
 from tests.reliab_support import run_library
 
 # 4 Regions x 2 types = 8 combinations; fast lifecycle, polling and pacing.
@@ -499,8 +499,6 @@ def test_html_report_has_every_table_and_a_chart(two_nights: Any, tmp_path: Path
 
 def test_timed_out_run_then_status_finishes_it(project: Path) -> None:
     """run.timeout with jobs still running: timed_out rows, exit 3, then `status` ends them."""
-    from sweeper.status import refresh
-
     config = write_sweep(project, timeout="1s")
     emulator = Emulator(project)
     # Region 03 takes 1000x longer (150 s at this time scale): still running at the timeout.
@@ -525,17 +523,7 @@ def test_timed_out_run_then_status_finishes_it(project: Path) -> None:
     assert report.durations.iloc[0]["finished"] == 6
 
     emulator.offset += 3600.0  # an hour later, the slow jobs have ended
-    cfg: SweepConfig = load_config(config)
-
-    async def status() -> Any:
-        client = connect(cfg, environ={}, transport=emulator.transport())
-        with Ledger.open(
-            ledger_path, sweep=cfg.sweep.name, param_names=cfg.matrix.param_names
-        ) as ledger:
-            async with client:
-                return await refresh(cfg, client=client, ledger=ledger)
-
-    result = asyncio.run(status())
+    result = sweeper.status(config, environ={}, transport=emulator.transport())
     assert (result.refreshed, result.finished, result.open) == (2, 2, 0)
     after = build_report(read_ledger(ledger_path))
     check_report_against_oracle(after, truth(emulator, "night-1"))

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import sweeper
 from sweeper.cli import cli
 from sweeper.config import load_config
 from sweeper.connection import connect
 from sweeper.emulator import EmulatorSettings
 from sweeper.emulator.settings import FaultSettings
 from sweeper.ledger import Ledger, read_ledger
-from sweeper.status import StatusResult, refresh
+from sweeper.refreshing import StatusResult, refresh
 from tests.emulator_server import running_emulator
 from tests.test_report_sweeps import Emulator, run, truth, write_sweep
 
@@ -113,7 +114,13 @@ def test_status_of_a_missing_ledger_exits_2(project: Path) -> None:
     assert "results/nope.csv" in result.stderr
 
 
-def _refresh(emulator: Emulator, config_path: Path, **kwargs: Any) -> StatusResult:
+def _refresh(emulator: Emulator, config_path: Path) -> StatusResult:
+    """One ``sweeper.status`` refresh of the sweep's ledger, over the emulator."""
+    return sweeper.status(config_path, environ={}, transport=emulator.transport())
+
+
+def _watch(emulator: Emulator, config_path: Path, **kwargs: Any) -> StatusResult:
+    """``refresh(watch=True)`` itself: the test's ``sleep`` moves the emulator's clock on."""
     config = load_config(config_path)
 
     async def main() -> StatusResult:
@@ -122,7 +129,7 @@ def _refresh(emulator: Emulator, config_path: Path, **kwargs: Any) -> StatusResu
             config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
         ) as ledger:
             async with client:
-                return await refresh(config, client=client, ledger=ledger, **kwargs)
+                return await refresh(config, client=client, ledger=ledger, watch=True, **kwargs)
 
     return asyncio.run(main())
 
@@ -142,9 +149,7 @@ def test_watch_polls_with_backoff_until_every_group_ended(project: Path) -> None
         sleeps.append(seconds)
         emulator.offset += 4.0
 
-    result = _refresh(
-        emulator, config, watch=True, sleep=sleep, on_change=lambda r: seen.append(r.counts())
-    )
+    result = _watch(emulator, config, sleep=sleep, on_change=lambda r: seen.append(r.counts()))
     assert result.open == 0 and result.finished == 8
     assert seen[0] == {"succeeded": 6, "running": 2}
     assert seen[-1] == {"succeeded": 8}

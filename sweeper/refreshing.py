@@ -12,22 +12,26 @@ from pathlib import Path
 
 from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig, load_config
-from sweeper.errors import ApiError, AuthError
+from sweeper.errors import ApiError, AuthError, ExitCode, exit_code_for
 from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of, utc_timestamp
 from sweeper.pacing import Pacer, poll_delays
-from sweeper.plan import Planner, latest_as_of
+from sweeper.planner import Planner, latest_as_of
 from sweeper.polling import StatusPoller
 from sweeper.waiter import finished_fields
 
 
 @dataclass
 class StatusResult:
+    """Where each combination of one run stands, after asking the API about open job groups."""
+
     run_id: str
     rows: list[LedgerRow]  # the current row per combination, after refreshing
     refreshed: int = 0  # job groups asked about
     finished: int = 0  # of which are now terminal (a `finished` row was appended)
     errors: list[str] = field(default_factory=list)
     timed_out: bool = False  # --watch gave up at run.timeout
+    interrupted: bool = False  # a signal ended --watch early
+    sweep_file: Path | None = None  # the sweep file the API was asked with; None: ledger as is
 
     def counts(self) -> dict[str, int]:
         """How many combinations are in each state (only states that occur)."""
@@ -43,7 +47,11 @@ class StatusResult:
 
     @property
     def stopped_early(self) -> bool:
-        return False
+        return self.interrupted
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code_for(self)
 
     @property
     def open(self) -> int:
@@ -97,7 +105,7 @@ async def refresh(
     """
     history = ledger.history()
     rid = run_id or (history[-1].run_id if history else "")
-    result = StatusResult(run_id=rid, rows=[])
+    result = StatusResult(run_id=rid, rows=[], sweep_file=config.path)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
     poller = StatusPoller(client, gate)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)

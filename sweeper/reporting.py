@@ -1,6 +1,6 @@
 """Summaries of a ledger: state counts, durations, failures, pivots by parameter, run diffs.
 
-Built on pandas, imported lazily so that `import sweeper.report` stays cheap for the CLI.
+Built on pandas, imported lazily so that `import sweeper.reporting` stays cheap for the CLI.
 `build_report` computes DataFrames; `render` turns them into text, Markdown, CSV or JSON;
 `write_html` writes one self-contained HTML page with an inline SVG chart.
 """

@@ -1,0 +1,363 @@
+"""The library behind the CLI: plan, run, status and report, each wired exactly as `sweeper` does.
+
+Every function loads the config (a path or a loaded ``SweepConfig``), opens the ledger, builds
+the client, installs secrets redaction and routes SIGINT/SIGTERM as the command does, runs its
+own event loop, and returns a typed result. None prints or exits: the CLI renders the result and
+asks ``sweeper.errors.exit_code_for`` for the exit code. Errors are ``SweeperError``s;
+``ConfigError`` means nothing was submitted.
+
+Heavy modules (the HTTP stack, pandas) are imported inside the functions that need them, so
+that planning never loads httpx and importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweeper.config import SweepConfig, load_config
+from sweeper.errors import ConfigError
+from sweeper.ledger import LedgerRow, current_state, read_ledger
+from sweeper.planner import PlanCounts, PlannedCombination, Planner, latest_as_of, plan_message
+from sweeper.render import PlanCsv, PlanDigest
+
+if TYPE_CHECKING:
+    import httpx
+
+    from sweeper.journal import RunEvent, RunSummary
+    from sweeper.ledger import Ledger
+    from sweeper.refreshing import StatusResult
+    from sweeper.reporting import Report
+    from sweeper.signals import SignalRelay
+    from sweeper.stopping import StopController
+
+ConfigSource = str | os.PathLike[str] | SweepConfig
+"""A sweep file's path, or a config already loaded with ``load_config``."""
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What ``run`` would do for one run of a sweep, checked in full; nothing was submitted."""
+
+    planner: Planner
+    counts: PlanCounts
+    digest: PlanDigest  # counts per axis, first/last and notable combinations (all: keep_all)
+    output: Path | None = None  # the CSV plan written, if one was asked for
+    history: Sequence[LedgerRow] = field(default=(), repr=False)
+
+    @property
+    def config(self) -> SweepConfig:
+        return self.planner.config
+
+    @property
+    def run_id(self) -> str:
+        return self.planner.run_id
+
+    @property
+    def as_of(self) -> datetime:
+        return self.planner.as_of
+
+    @property
+    def message(self) -> str:
+        """One line: how many combinations to submit, resend, wait on and skip."""
+        return plan_message(self.counts, self.config.sweep.name, self.run_id)
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id``, or ConfigError if it holds a control character (it is written to CSV rows,
+    output paths and lock files, where a tab or a newline would corrupt or split them)."""
+    for char in run_id:
+        if unicodedata.category(char) == "Cc":  # C0, DEL and C1
+            raise ConfigError(
+                f"the run id {run_id!r} contains a control character (U+{ord(char):04X}); "
+                "use letters, digits and punctuation only (e.g. 2026-11-29 or backfill-oct).",
+                key="--run-id",
+            )
+    return run_id
+
+
+def parse_as_of(value: str | date | None) -> datetime | None:
+    """An ``--as-of`` value as an aware datetime (UTC if no zone is given); ConfigError if bad."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime.combine(value, time())
+    else:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ConfigError(
+                f"{value!r} is not an ISO date or datetime (e.g. 2026-11-29 or 2026-11-29T06:00).",
+                key="--as-of",
+            ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _config(source: ConfigSource) -> SweepConfig:
+    return source if isinstance(source, SweepConfig) else load_config(Path(source))
+
+
+def _run_id(run_id: str | None) -> str:
+    """The given run id, checked, or today's UTC date: a restarted nightly run resumes."""
+    if run_id:
+        return check_run_id(run_id)
+    return datetime.now(timezone.utc).date().isoformat()
+
+
+def _resolve_as_of(history: Sequence[LedgerRow], run_id: str, given: datetime | None) -> datetime:
+    """The as-of the ledger recorded for this run wins (a resume must not drift), then the
+    given one, then now."""
+    return latest_as_of(history, run_id) or given or datetime.now(timezone.utc)
+
+
+def _open_ledger(config: SweepConfig, path: Path, run_id: str | None) -> Ledger:
+    from sweeper.ledger import Ledger
+
+    return Ledger.open(
+        path, sweep=config.sweep.name, param_names=config.matrix.param_names, run_id=run_id
+    )
+
+
+def _missing_ledger(path: Path) -> ConfigError:
+    return ConfigError(f"there is no ledger at {path}; run the sweep first.")
+
+
+def _signals(relay: SignalRelay | None) -> contextlib.nullcontext[SignalRelay] | SignalRelay:
+    """The caller's relay, already entered (left as it is), or one installed for this call."""
+    from sweeper.signals import SignalRelay
+
+    return contextlib.nullcontext(relay) if relay is not None else SignalRelay()
+
+
+def _install_redaction(config: SweepConfig, environ: Mapping[str, str]) -> None:
+    from sweeper.auth import secrets
+    from sweeper.redact import install_redaction
+
+    install_redaction(secrets(config.api, environ, config_path=config.path))
+
+
+def plan(
+    config: ConfigSource,
+    *,
+    run_id: str | None = None,
+    as_of: str | date | None = None,
+    rerun: str = "incomplete",
+    only: Sequence[str] = (),
+    limit: int | None = None,
+    allow_large: bool = False,
+    keep_all: bool = False,
+    output: str | os.PathLike[str] | None = None,
+) -> SweepPlan:
+    """Check and count what ``run`` would do, without a token or the network.
+
+    ``keep_all`` keeps every planned combination in ``digest.items``; ``output`` also writes the
+    whole plan as CSV, streamed (bounded memory for large matrices).
+    """
+    rid = _run_id(run_id)
+    given = parse_as_of(as_of)
+    cfg = _config(config)
+    ledger_path = cfg.sweep.ledger
+    history = read_ledger(ledger_path, sweep=cfg.sweep.name) if ledger_path.exists() else []
+    planner = Planner(
+        cfg,
+        history=history,
+        run_id=rid,
+        as_of=_resolve_as_of(history, rid, given),
+        rerun=rerun,
+        only=only,
+        limit=limit,
+    )
+    digest = PlanDigest(keep_all=keep_all)
+    out = Path(output) if output is not None else None
+    csv_plan = PlanCsv(out, cfg.matrix.param_names) if out is not None else None
+
+    def take(item: PlannedCombination) -> None:
+        digest.add(item)
+        if csv_plan is not None:
+            csv_plan.add(item)
+
+    try:
+        counts = planner.check(allow_large=allow_large, on_item=take)
+    finally:
+        if csv_plan is not None:
+            csv_plan.close()
+    return SweepPlan(planner, counts, digest, out, history)
+
+
+def run(
+    config: ConfigSource,
+    *,
+    run_id: str | None = None,
+    as_of: str | date | None = None,
+    rerun: str = "incomplete",
+    only: Sequence[str] = (),
+    limit: int | None = None,
+    wait: bool | None = None,
+    allow_large: bool = False,
+    cancel_on_interrupt: bool = False,
+    on_event: Callable[[RunEvent], None] | None = None,
+    stop: StopController | None = None,
+    relay: SignalRelay | None = None,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> RunSummary:
+    """Submit one job group per combination, wait, record it all; safe to call again (resumes).
+
+    ``on_event`` sees each progress event. SIGINT/SIGTERM stop the run cleanly while it runs
+    (a second one also cancels the running job groups): through ``relay`` if the caller has
+    entered one (to cover its own output too), else through one installed for this call.
+    ``stop`` lets an embedding program stop the run itself (``stop.interrupt()``); its own
+    ``cancel_on_interrupt`` then applies. ``environ`` replaces ``os.environ`` for credentials;
+    ``transport`` replaces the HTTP transport (for tests and embedding).
+    """
+    from sweeper.connection import connect
+    from sweeper.runner import run_sweep
+    from sweeper.stopping import StopController
+
+    env = os.environ if environ is None else environ
+    with _signals(relay) as signals:
+        rid = _run_id(run_id)
+        given = parse_as_of(as_of)
+        cfg = _config(config)
+        client = connect(cfg, environ=env, transport=transport)
+        _install_redaction(cfg, env)
+        stopper = (
+            stop if stop is not None else StopController(cancel_on_interrupt=cancel_on_interrupt)
+        )
+
+        async def main() -> RunSummary:
+            with (
+                signals.attached(stopper.interrupt),
+                _open_ledger(cfg, cfg.sweep.ledger, rid) as ledger,
+            ):
+                async with client:
+                    return await run_sweep(
+                        cfg,
+                        client=client,
+                        ledger=ledger,
+                        run_id=rid,
+                        as_of=_resolve_as_of(ledger.history(), rid, given),
+                        rerun=rerun,
+                        only=only,
+                        limit=limit,
+                        wait=wait,
+                        allow_large=allow_large,
+                        stop=stopper,
+                        on_event=on_event,
+                    )
+
+        return asyncio.run(main())
+
+
+def _status_target(
+    target: ConfigSource, config: ConfigSource | None
+) -> tuple[SweepConfig | None, Path]:
+    """(config, ledger) for a status target: a sweep file or config, or a ledger path."""
+    from sweeper.refreshing import find_config_for
+
+    if isinstance(target, SweepConfig) or Path(target).suffix == ".toml":
+        cfg = _config(target)
+        return cfg, cfg.sweep.ledger
+    ledger = Path(target)
+    source = config if config is not None else find_config_for(ledger)
+    return (_config(source) if source is not None else None), ledger
+
+
+def status(
+    target: ConfigSource,
+    *,
+    config: ConfigSource | None = None,
+    run_id: str | None = None,
+    watch: bool = False,
+    refresh: bool = True,
+    on_change: Callable[[StatusResult], None] | None = None,
+    relay: SignalRelay | None = None,
+    environ: Mapping[str, str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> StatusResult:
+    """Ask the API about the run's job groups still running, record those that ended, and
+    return where every combination stands.
+
+    ``target`` is a sweep file (or config) or a ledger; for a ledger, the sweep file is
+    ``config`` or the one in ``configs/`` or ``.`` that names it. Without one, or with
+    ``refresh=False``, the ledger is shown as it is (``sweep_file`` is then None). ``watch``
+    keeps asking until every group has ended or ``run.timeout`` passes; a signal ends it early
+    (``interrupted``). ``on_change`` sees the result after each round.
+    """
+    from sweeper.connection import connect
+    from sweeper.refreshing import StatusResult
+    from sweeper.refreshing import refresh as refresh_groups
+    from sweeper.stopping import StopController, Stopped
+
+    if run_id:
+        check_run_id(run_id)
+    env = os.environ if environ is None else environ
+    with _signals(relay) as signals:
+        cfg, ledger_path = _status_target(target, config)
+        if not ledger_path.exists():
+            raise _missing_ledger(ledger_path)
+        if cfg is None or not refresh:
+            history = read_ledger(ledger_path, sweep=cfg.sweep.name if cfg is not None else None)
+            rid = run_id or (history[-1].run_id if history else "")
+            return StatusResult(run_id=rid, rows=list(current_state(history, run_id=rid).values()))
+        known = cfg
+        client = connect(known, environ=env, transport=transport)
+        _install_redaction(known, env)
+        stopper = StopController()
+        latest: list[StatusResult] = []
+
+        def changed(result: StatusResult) -> None:
+            latest[:] = [result]
+            if on_change is not None:
+                on_change(result)
+
+        async def main() -> StatusResult:
+            with (
+                signals.attached(stopper.interrupt),
+                _open_ledger(known, ledger_path, run_id) as ledger,
+            ):
+                async with client:
+                    try:
+                        result = await refresh_groups(
+                            known,
+                            client=client,
+                            ledger=ledger,
+                            run_id=run_id,
+                            watch=watch,
+                            on_change=changed,
+                            sleep=stopper.sleep,  # a signal ends the wait between rounds
+                        )
+                    except Stopped:
+                        result = latest[0]  # a round always reports before the run sleeps
+            result.interrupted = stopper.stopped
+            return result
+
+        return asyncio.run(main())
+
+
+def report(ledger: str | os.PathLike[str], *, run_id: str | None = None) -> Report:
+    """Summarise one run of a ledger (default: the latest) against the run before it.
+
+    Reads the ledger without locking it: safe while a run is writing it.
+    """
+    from sweeper.reporting import build_report
+
+    if run_id:
+        check_run_id(run_id)
+    path = Path(ledger)
+    if not path.exists():
+        raise _missing_ledger(path)
+    rows = read_ledger(path)
+    try:
+        return build_report(rows, run_id=run_id)
+    except ValueError as exc:  # a run id the ledger does not have: bad usage
+        raise ConfigError(f"{exc}; pick one with --run-id.", path=str(path)) from None
