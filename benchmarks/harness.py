@@ -237,19 +237,36 @@ def write_sweep(
 
 @dataclass(frozen=True)
 class SweeperRun:
-    wall_s: float
+    wall_s: float  # the sweeper process, start to exit
+    cpu_s: float  # its user + system CPU time (with any children it started)
     exit_code: int
     summary: dict[str, Any]
     stderr_tail: str
 
 
-def run_sweeper(config: Path, *, timeout: float, run_id: str = "bench") -> SweeperRun:
-    """`sweeper run CONFIG --no-wait --json` in a subprocess; the JSON summary parsed."""
+# Runs a command and writes its wall time and CPU time (RUSAGE_CHILDREN: that command alone) to a
+# JSON file, so several measured processes can run side by side from one benchmark process.
+RUSAGE_WRAPPER = """
+import json, resource, subprocess, sys, time
+started = time.perf_counter()
+rc = subprocess.run(sys.argv[2:], check=False).returncode
+wall = time.perf_counter() - started
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+with open(sys.argv[1], "w", encoding="utf-8") as out:
+    json.dump({"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime}, out)
+sys.exit(rc)
+"""
+
+
+def run_sweeper(
+    config: Path, *, timeout: float, run_id: str = "bench", wait: bool = False
+) -> SweeperRun:
+    """`sweeper run CONFIG [--no-wait] --json` in a subprocess: its summary, wall and CPU time."""
     cmd = [sys.executable, "-m", "sweeper", "run", str(config), "--run-id", run_id]
-    cmd += ["--no-wait", "--json", "-q"]
-    started = time.perf_counter()
+    cmd += ["--json", "-q"] + ([] if wait else ["--no-wait"])
+    usage = config.with_name(f"{config.stem}-{run_id}-rusage.json")
     proc = subprocess.run(
-        cmd,
+        [sys.executable, "-c", RUSAGE_WRAPPER, str(usage), *cmd],
         capture_output=True,
         text=True,
         env=bench_env(),
@@ -257,12 +274,18 @@ def run_sweeper(config: Path, *, timeout: float, run_id: str = "bench") -> Sweep
         timeout=timeout,
         check=False,
     )
-    wall = time.perf_counter() - started
+    measured = json.loads(usage.read_text(encoding="utf-8"))
     try:
         summary = json.loads(proc.stdout)
     except ValueError:
         summary = {}
-    return SweeperRun(wall, proc.returncode, summary, proc.stderr[-600:])
+    return SweeperRun(
+        float(measured["wall_s"]),
+        float(measured["cpu_s"]),
+        proc.returncode,
+        summary,
+        proc.stderr[-600:],
+    )
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,20 @@
 """Latency benchmark: no quota, 100 ms per POST; throughput against Little's law, c = 1..32.
 
-    python benchmarks/latency.py               # c = 1, 2, 4, 8, 16, 32; 3 runs; ~2 minutes
+    python benchmarks/latency.py               # c = 1, 2, 4, 8, 16, 32; 3 runs; ~5 minutes
     python benchmarks/latency.py --quick       # c = 1, 8, 32, one short run
 
 By Little's law a client holding c requests in flight against a server that answers in W
-seconds cannot exceed c / W requests per second; the target is >= 0.8 of that bound. Rows:
-sweeper itself (`sweeper run`, rate far above the bound, wait = false: the runner's whole
-submission path, ledger fsyncs included) and a bare single httpx.AsyncClient for reference.
-Throughput is measured by the server's oracle, first to last creation, so process start-up
-is not counted.
+seconds cannot exceed c / W requests per second; the target is >= 0.8 of that bound up to
+c = 16. Rows: sweeper itself (`sweeper run`, rate far above the bound, `--no-wait`: the whole
+submission path, ledger fsyncs included, over httpx's stock transport), a bare single
+httpx.AsyncClient at the same c for reference, and the two comparison clients as they are: the
+Airflow-style loop (sequential, so c = 1 whatever the setting) and the naive one (everything at
+once, so c = httpx's default pool of 100 connections). Throughput is measured by the server's
+oracle, first to last creation, so process start-up is not counted; CPU per combination is.
 
 Two servers: the emulator (uvicorn + Starlette + SQLite, a few ms of CPU per POST on the cores
-the client uses too: 130 to 200 POSTs/s on a 2-core machine, below the c = 32 bound and at times
-the c = 16 one; see docs/performance.md), and benchmarks/stub_server.py
-(a bare asyncio server answering after the same 100 ms) which leaves the client as the bound.
+the client uses too) and benchmarks/stub_server.py (a bare asyncio server answering after the
+same 100 ms), which leaves the client as the bound.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from clients import bare_async
+from clients import airflow_style, bare_async, naive_async
 from harness import (
     Emulator,
     creations,
@@ -38,6 +39,7 @@ import results
 
 LATENCY = 0.1  # seconds the emulator waits before answering each POST
 FAULTS = f"[latency]\npost = [{LATENCY}, {LATENCY}]\n"
+NAIVE_POOL = 100  # httpx's default max_connections: the naive client's real concurrency
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Point:
     n: int
     throughput: float  # creations per second over the creation span
     failures: int
+    cpu_ms: float  # client CPU per combination (sweeper: the whole process, start-up included)
 
 
 def sweeper_point(emulator: Emulator, workdir: Path, c: int, n: int, tag: str) -> Point:
@@ -61,16 +64,34 @@ def sweeper_point(emulator: Emulator, workdir: Path, c: int, n: int, tag: str) -
     )
     done = run_sweeper(config, timeout=300.0, run_id=tag)
     made = creations(emulator.job_groups(), n)
-    if done.exit_code != 0:
+    if done.exit_code not in (0, 3):  # 3: --no-wait leaves the job groups running
         print(f"sweeper c={c} exited {done.exit_code}: {done.stderr_tail}")
-    return Point("sweeper", c, n, made.rate_per_s, made.lost + made.duplicates)
+    cpu = done.cpu_s / n * 1000
+    return Point("sweeper", c, n, made.rate_per_s, made.lost + made.duplicates, cpu)
 
 
 def bare_point(emulator: Emulator, c: int, n: int) -> Point:
     emulator.reset()
     done = bare_async(emulator.base_url, n, c)
     made = creations(emulator.job_groups(), n)
-    return Point("httpx.AsyncClient x1", c, n, made.rate_per_s, done.gave_up + made.lost)
+    failures = done.gave_up + made.lost
+    return Point("httpx.AsyncClient x1", c, n, made.rate_per_s, failures, done.cpu_s / n * 1000)
+
+
+def airflow_point(emulator: Emulator, n: int) -> Point:
+    emulator.reset()
+    done = airflow_style(emulator.base_url, n)
+    made = creations(emulator.job_groups(), n)
+    failures = done.gave_up + made.lost + made.duplicates
+    return Point("Airflow-style", 1, n, made.rate_per_s, failures, done.cpu_s / n * 1000)
+
+
+def naive_point(emulator: Emulator, n: int) -> Point:
+    emulator.reset()
+    done = naive_async(emulator.base_url, n)
+    made = creations(emulator.job_groups(), n)
+    failures = done.gave_up + made.lost + made.duplicates
+    return Point("naive asyncio", NAIVE_POOL, n, made.rate_per_s, failures, done.cpu_s / n * 1000)
 
 
 HEADERS = (
@@ -83,6 +104,7 @@ HEADERS = (
     "ratio",
     "runs",
     "failures",
+    "CPU ms/comb.",
 )
 
 
@@ -94,7 +116,9 @@ def main() -> None:
     parser.add_argument(
         "--server", choices=("emulator", "stub", "both"), default="both", help="which server"
     )
-    parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
+    parser.add_argument(
+        "--record", action="store_true", help="also save the figures under results/benchmarks/"
+    )
     args = parser.parse_args()
     servers = ["emulator", "stub"] if args.server == "both" else [args.server]
     levels = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
@@ -111,27 +135,32 @@ def main() -> None:
             )
             with served as emu:
                 for rep in range(repeat):
+                    got: list[Point] = []
                     for c in levels:
                         n = max(30, round(c / LATENCY * seconds))
-                        got = [sweeper_point(emu, workdir, c, n, f"r{rep}c{c}")]
+                        got.append(sweeper_point(emu, workdir, c, n, f"r{rep}c{c}"))
                         if not args.no_bare:
                             got.append(bare_point(emu, c, n))
-                        for p in got:
-                            points.setdefault((server, p.client, c), []).append(p)
-                            print(
-                                f"{server:8} run {rep + 1} {p.client:22} c={c:<3} "
-                                f"{p.throughput:7.1f} req/s"
-                            )
+                    n_seq = max(30, round(seconds / LATENCY))
+                    got += [airflow_point(emu, n_seq), naive_point(emu, 10 * n_seq)]
+                    for p in got:
+                        points.setdefault((server, p.client, p.concurrency), []).append(p)
+                        print(
+                            f"{server:8} run {rep + 1} {p.client:22} c={p.concurrency:<3} "
+                            f"{p.throughput:7.1f} req/s {p.cpu_ms:5.2f} ms CPU/comb."
+                        )
     rows = []
     for (server, client, c), ps in points.items():
         bound = c / LATENCY
         tput = median([p.throughput for p in ps])
         runs = ", ".join(f"{p.throughput:.1f}" for p in ps)
         failures = sum(p.failures for p in ps)
-        rows.append([server, client, c, ps[0].n, bound, tput, tput / bound, runs, failures])
-    rows.sort(key=lambda r: (str(r[0]), str(r[1]) != "sweeper", int(str(r[2]))))
+        cpu = median([p.cpu_ms for p in ps])
+        rows.append([server, client, c, ps[0].n, bound, tput, tput / bound, runs, failures, cpu])
+    order = ["sweeper", "httpx.AsyncClient x1", "Airflow-style", "naive asyncio"]
+    rows.sort(key=lambda r: (str(r[0]), order.index(str(r[1])), int(str(r[2]))))
     title = f"Latency: no quota, {LATENCY * 1000:.0f} ms per POST, {repeat} run(s) per point"
-    results.report(title, info, results.table(HEADERS, rows), record=not args.no_record)
+    results.report(title, info, results.table(HEADERS, rows), record=args.record)
 
 
 if __name__ == "__main__":

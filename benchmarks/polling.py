@@ -14,9 +14,9 @@ Two figures per job length:
   steps is the same as at full scale; only the few ms each GET takes in real time grow
   relative to the sleeps (they make a poll happen later in emulated time, so this can only
   *lower* the count slightly). GETs are counted by a transport wrapper, per job group; since
-  polls that come due together are batched into one `GET /v4/jobGroups` listing (c7769bd),
-  listings are counted per run too, and "status requests/group" is (GETs + listings) / groups.
-Target (issue 7): <= 20 GETs for a one-hour job.
+  polls that come due together are batched into one `GET /v4/jobGroups` listing, listings are
+  counted per run too, and "status requests/group" is (GETs + listings) / groups.
+Target: <= 20 status requests per job group for a one-hour job.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import results
 LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
 GROUP_PATH = re.compile(r"/v4/jobGroups/(\d+)/?$")  # one group's status, not its /outputs
-LISTING_PATH = re.compile(r"/v4/jobGroups/?$")  # the listing batched polls use (c7769bd)
+LISTING_PATH = re.compile(r"/v4/jobGroups/?$")  # the listing that batched polls share
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
@@ -156,7 +156,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs; medians reported")
     parser.add_argument("--groups", type=int, default=4, help="job groups per length")
     parser.add_argument("--quick", action="store_true", help="one run, 2 groups, ~2 s per job")
-    parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
+    parser.add_argument(
+        "--record", action="store_true", help="also save the figures under results/benchmarks/"
+    )
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
     groups = 2 if args.quick else args.groups
@@ -188,7 +190,7 @@ def main() -> None:
         f"Polling: status requests per job group (poll_interval {defaults.poll_interval:g} s, "
         f"poll_max_interval {defaults.poll_max_interval:g} s, factor 1.5, jitter 10%)"
     )
-    results.report(title, info, results.table(HEADERS, rows), record=not args.no_record)
+    results.report(title, info, results.table(HEADERS, rows), record=args.record)
 
 
 if __name__ == "__main__":

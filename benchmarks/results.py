@@ -1,4 +1,4 @@
-"""Tables for the terminal and the raw-results log appended to docs/performance.md."""
+"""Tables for the terminal, and optionally a copy of each run's figures under results/."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
-RAW_HEADING = "## Raw results"
-PACKAGES = ("sweeper", "httpx", "httpcore", "uvicorn", "starlette", "tenacity", "h11")
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
+PACKAGES = ("sweeper", "httpx", "httpcore", "pyrate-limiter", "tenacity", "uvicorn", "starlette")
 
 
 def versions() -> str:
@@ -56,25 +55,22 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def append_raw(
-    title: str, command: Sequence[str], info: str, body: str, *, doc: Path = DOC
-) -> None:
-    """Append one run's figures under the raw-results section at the end of the doc."""
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Performance\n"
-    if RAW_HEADING not in text:
-        text = text.rstrip("\n") + f"\n\n{RAW_HEADING}\n\nAppended by the benchmark scripts.\n"
-    cmd = " ".join(["python", *command])
-    block = f"\n### {title}\n\n`{cmd}` · {info}\n\n{body.rstrip()}\n"
-    doc.write_text(text.rstrip("\n") + "\n" + block, encoding="utf-8")
+def save(title: str, info: str, body: str, *, directory: Path = RESULTS) -> Path:
+    """Write one run's figures to results/benchmarks/ (git-ignored), named by script and time."""
+    directory.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = directory / f"{Path(sys.argv[0]).stem}-{stamp}.md"
+    cmd = " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    path.write_text(f"# {title}\n\n`{cmd}` · {info}\n\n{body.rstrip()}\n", encoding="utf-8")
+    return path
 
 
 def report(title: str, info: str, body: str, *, record: bool) -> None:
-    """Print the figures, and append them to docs/performance.md unless told not to.
+    """Print the figures; with ``record``, also save them under results/benchmarks/.
 
     ``info`` is `machine()` taken when the run started (its load average is the one that counts).
+    Nothing is ever written into the documentation.
     """
     print(f"\n{title}\n{info}\n\n{body}\n")
     if record:
-        append_raw(title, [Path(sys.argv[0]).as_posix(), *sys.argv[1:]], info, body)
-        print(f"(appended to {DOC})")
+        print(f"(saved to {save(title, info, body)})")

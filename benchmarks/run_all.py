@@ -1,9 +1,10 @@
-"""Run the four benchmarks one after the other (each appends to docs/performance.md).
+"""Run the five benchmarks one after the other; each prints its table.
 
-    python benchmarks/run_all.py               # the default runs: ~10-15 minutes
-    python benchmarks/run_all.py --quick       # smoke runs: about a minute, nothing recorded
+    python benchmarks/run_all.py               # the default runs: ~15 minutes
+    python benchmarks/run_all.py --quick       # smoke runs: about a minute
+    python benchmarks/run_all.py --record      # also save each table under results/benchmarks/
 
-Extra arguments are passed to every script (e.g. --repeat 3, --no-record).
+Extra arguments are passed to every script (e.g. --repeat 3, --record).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPTS = ("scale.py", "polling.py", "latency.py", "quota.py")
+SCRIPTS = ("startup.py", "scale.py", "polling.py", "latency.py", "quota.py")
 
 
 def main() -> int:
     args = sys.argv[1:]
-    if "--quick" in args and "--no-record" not in args:
-        args.append("--no-record")
     here = Path(__file__).resolve().parent
     failed = []
     for script in SCRIPTS:

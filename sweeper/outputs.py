@@ -1,6 +1,6 @@
 """The second signal of success: a Complete job group really wrote the outputs it was asked for.
 
-Platforms' accounting can say Complete while an output is missing (anchors.md C7), so with
+A platform's accounting can say Complete while an output is missing, so with
 ``run.verify_outputs`` a combination only counts as succeeded when both signals agree.
 """
 

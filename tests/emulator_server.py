@@ -79,7 +79,7 @@ def asgi_client(app: object, token: str | None = "test-token") -> httpx.AsyncCli
     return httpx.AsyncClient(transport=transport, base_url="http://emulator", headers=headers)
 
 
-# The seed document's request body with overrides and run parameters (api.md §3.6).
+# The seed document's request body with overrides and run parameters (https://cloud.google.com/dataprep/docs/html/API-JobGroups-Create-v4_145281446).
 SEED_OVERRIDES_AND_PARAMETERS = {
     "wrangledDataset": {"id": 33},
     "overrides": {

@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
         asgi_client,
     )
 
-SEED_33 = SEED_OVERRIDES_AND_PARAMETERS  # api.md §3.6, the sweeper shape
+SEED_33 = SEED_OVERRIDES_AND_PARAMETERS  # the documented example, the shape sweeper sends
 
 
 def run_with(
