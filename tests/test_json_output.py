@@ -1,4 +1,4 @@
-"""For scripts and cron: --json documents, --quiet, and the documented exit codes, through the CLI."""
+"""For scripts and cron: --json documents, --quiet and the documented exit codes, via the CLI."""
 
 from __future__ import annotations
 

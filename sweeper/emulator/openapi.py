@@ -97,7 +97,8 @@ RUN_JOB_REQUEST = {
             "required": ["id"],
             "properties": {"id": {"type": "integer", "enum": [1, 7, 33]}},
         },
-        # override values are deliberately not validated (the v4 API documents them as free-form): any object is accepted
+        # override values are deliberately not validated (the v4 API documents them as
+        # free-form): any object is accepted
         "overrides": {
             "type": ["object", "null"],
             "description": "execution, profiler, writesettings / writeSettings (list of objects)",

@@ -21,7 +21,7 @@ class QuotaAnswer:
 
 
 def too_many_details(retry_after: int, limit: int, scope: str) -> str:
-    """The 429 details text of the Alteryx Analytics Cloud v4 API, verbatim apart from the numbers."""
+    """The v4 API's documented 429 details text, verbatim apart from the numbers."""
     return (
         f'API quota reached for "runJobGroup". Wait {retry_after} seconds before making a new '
         f"request. (Max. {limit} requests allowed per minute per {scope}.)"
