@@ -67,9 +67,10 @@ class Figures:
 
 
 def smooth_rate(per_minute: Fraction) -> str:
-    """A sweeper rate string with the same long-run rate and no burst: "9/2s" for 270/min."""
-    per_second = per_minute / 60
-    return f"{per_second.numerator}/{per_second.denominator}s"
+    """The rate as a user writes it, per minute: "540/min", or "1081/2min" for 540.5/min."""
+    if per_minute.denominator == 1:
+        return f"{per_minute.numerator}/min"
+    return f"{per_minute.numerator}/{per_minute.denominator}min"
 
 
 def sweeper_row(fraction: Fraction, quota: int, faults: str | None = None) -> Row:

@@ -19,9 +19,11 @@ from pyrate_limiter import InMemoryBucket, Rate, RateItem
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 
-# Windows are stretched by 1 % (0.6 s of a minute): the platform counts POSTs as they arrive, so
-# jitter between our grant and the arrival could otherwise put one more POST in a server window.
+# Windows are stretched by 1 %, at most a quarter second: the platform counts POSTs as they
+# arrive, so a POST delayed on its way (a new connection, a slow hop) could otherwise share a
+# server window with one sent a full window later. That delay does not grow with the window.
 QUOTA_MARGIN = 0.01
+QUOTA_MARGIN_MAX_S = 0.25
 # POSTs that may go at once before even spacing takes over: a run's first few combinations do
 # not wait, and the platform still never sees more than a handful together.
 SUBMIT_BURST = 3
@@ -34,6 +36,7 @@ class Pacer:
     Two rates in one bucket: the spacing rate keeps grants even (``burst`` in any
     ``burst * per_seconds / count``), the window rate is the quota itself. ``sleep`` is the run's
     interruptible sleep, so waiting for a slot ends the moment the run is told to stop.
+    ``margin`` seconds stretch the window (default: 1 % of it, at most a quarter second).
     """
 
     def __init__(
@@ -42,13 +45,15 @@ class Pacer:
         per_seconds: float,
         *,
         sleep: Sleep,
-        margin: float = QUOTA_MARGIN,
+        margin: float | None = None,
         burst: int = 1,
         clock: Clock = time.monotonic,
     ) -> None:
+        if margin is None:
+            margin = min(QUOTA_MARGIN * per_seconds, QUOTA_MARGIN_MAX_S)
         if count < 1 or per_seconds <= 0 or margin < 0 or burst < 1:
             raise ValueError("Pacer needs count, burst >= 1, per_seconds > 0 and margin >= 0")
-        window_ms = max(1, math.ceil(per_seconds * (1.0 + margin) * 1000))
+        window_ms = max(1, math.ceil((per_seconds + margin) * 1000))
         # The window rate is the quota; the spacing rate keeps grants one window/count apart.
         # A bucket window includes its first millisecond (Rate(1, 10) grants once per 11 ms),
         # hence the - 1. Above 500 grants a second spacing means nothing and is left out.
