@@ -23,6 +23,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+import figures
 from clients import airflow_style, bare_async, naive_async
 from harness import (
     Emulator,
@@ -34,8 +35,6 @@ from harness import (
     served_stub,
     write_sweep,
 )
-
-import results
 
 LATENCY = 0.1  # seconds the emulator waits before answering each POST
 FAULTS = f"[latency]\npost = [{LATENCY}, {LATENCY}]\n"
@@ -124,7 +123,7 @@ def main() -> None:
     levels = [1, 8, 32] if args.quick else [1, 2, 4, 8, 16, 32]
     repeat = 1 if args.quick else args.repeat
     seconds = 1.0 if args.quick else 3.0  # of steady state per point, at the bound
-    info = results.machine()
+    info = figures.machine()
     points: dict[tuple[str, str, int], list[Point]] = {}
     for server in servers:
         with scratch("latency") as workdir:
@@ -160,7 +159,7 @@ def main() -> None:
     order = ["sweeper", "httpx.AsyncClient x1", "Airflow-style", "naive asyncio"]
     rows.sort(key=lambda r: (str(r[0]), order.index(str(r[1])), int(str(r[2]))))
     title = f"Latency: no quota, {LATENCY * 1000:.0f} ms per POST, {repeat} run(s) per point"
-    results.report(title, info, results.table(HEADERS, rows), record=args.record)
+    figures.report(title, info, figures.table(HEADERS, rows), record=args.record)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,9 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import figures
 import httpx
 from harness import TOKEN, TOKEN_ENV, median, scratch, served_emulator, write_sweep
-
-import results
 
 LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
@@ -164,7 +163,7 @@ def main() -> None:
     groups = 2 if args.quick else args.groups
     real = 2.0 if args.quick else 8.0  # real seconds per emulated job
     defaults = RunSettings()
-    info = results.machine()
+    info = figures.machine()
     rows = []
     for label, seconds in LENGTHS.items():
         plain, mean, worst = computed(seconds, defaults.poll_interval, defaults.poll_max_interval)
@@ -190,7 +189,7 @@ def main() -> None:
         f"Polling: status requests per job group (poll_interval {defaults.poll_interval:g} s, "
         f"poll_max_interval {defaults.poll_max_interval:g} s, factor 1.5, jitter 10%)"
     )
-    results.report(title, info, results.table(HEADERS, rows), record=args.record)
+    figures.report(title, info, figures.table(HEADERS, rows), record=args.record)
 
 
 if __name__ == "__main__":

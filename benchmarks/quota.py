@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import figures
 from clients import airflow_style, naive_async
 from harness import creations, median, run_sweeper, scratch, served_emulator, write_sweep
-
-import results
 
 FAULT_AFTER = "[errors]\nafter_rate = 0.05\n"  # 5 % of POSTs: created, then 500
 
@@ -225,7 +224,7 @@ def main() -> None:
     ]
     if not args.no_faults:
         rows += [airflow_row(quota, FAULT_AFTER), sweeper_row(Fraction(9, 10), quota, FAULT_AFTER)]
-    info = results.machine()
+    info = figures.machine()
     runs: list[list[Figures]] = []
     for rep in range(args.repeat):
         print(f"run {rep + 1}/{args.repeat}: {len(rows)} rows, N={n}, Q={quota}/min ...")
@@ -233,13 +232,13 @@ def main() -> None:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             futures = [pool.submit(measure, row, quota, n, rep) for row in rows]
             runs.append([f.result() for f in futures])
-        print(results.table(HEADERS, [as_row(f) for f in runs[-1]]))
+        print(figures.table(HEADERS, [as_row(f) for f in runs[-1]]))
     title = f"Quota: Q = {quota}/min per user ({2 * quota}/min workspace), N = {n}"
-    body = f"Medians of {len(runs)} run(s):\n\n" + results.table(HEADERS, medians(runs))
+    body = f"Medians of {len(runs)} run(s):\n\n" + figures.table(HEADERS, medians(runs))
     if len(runs) > 1:
         for i, run in enumerate(runs, 1):
-            body += f"\n\nRun {i}:\n\n" + results.table(HEADERS, [as_row(f) for f in run])
-    results.report(title, info, body, record=args.record)
+            body += f"\n\nRun {i}:\n\n" + figures.table(HEADERS, [as_row(f) for f in run])
+    figures.report(title, info, body, record=args.record)
 
 
 if __name__ == "__main__":

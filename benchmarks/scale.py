@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import figures
 from harness import median, scratch
-
-import results
 
 PLAN_AXES = {"A": 10, "B": 10, "C": 25, "D": 40}  # product: 100,000
 EVENTS = ("intent", "submitted", "finished")
@@ -221,7 +220,7 @@ def main() -> None:
     total = 10_000 if args.quick else 100_000
     appends = 200 if args.quick else 2_000
     repeat = 1 if args.quick else args.repeat
-    info = results.machine()
+    info = figures.machine()
     plans: list[dict[str, Any]] = []
     folds: list[dict[str, Any]] = []
     synced: list[dict[str, Any]] = []
@@ -276,7 +275,7 @@ def main() -> None:
     ]
     headers = ("what", "median s", "peak RSS MB", "runs", "target")
     title = f"Scale: {total:,} combinations and ledger rows, {repeat} run(s)"
-    results.report(title, info, results.table(headers, rows), record=args.record)
+    figures.report(title, info, figures.table(headers, rows), record=args.record)
 
 
 if __name__ == "__main__":

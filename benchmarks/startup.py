@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import figures
 from harness import (
     Emulator,
     bench_env,
@@ -30,8 +31,6 @@ from harness import (
     served_emulator,
     write_sweep,
 )
-
-import results
 
 HERE = Path(__file__).resolve().parent
 CLIENT_START = """
@@ -86,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     help_runs = 3 if args.quick else 10
     repeat = 1 if args.quick else args.repeat
-    info = results.machine()
+    info = figures.machine()
     sweeper = sweeper_command()
 
     wall([*sweeper, "--help"])  # warm-up: bytecode caches, page cache
@@ -136,7 +135,7 @@ def main() -> None:
 
     headers = ("what", "median ms", "runs", "target")
     title = "Start-up: `sweeper --help` and time to the first POST"
-    results.report(title, info, results.table(headers, rows), record=args.record)
+    figures.report(title, info, figures.table(headers, rows), record=args.record)
 
 
 if __name__ == "__main__":

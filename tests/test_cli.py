@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,7 +85,7 @@ def test_plan_output_csv_lists_every_combination(project: Path) -> None:
     assert all(r["reason"] for r in rows)
 
 
-def test_bad_config_exits_2_and_names_the_key(write_config) -> None:
+def test_bad_config_exits_2_and_names_the_key(write_config: Callable[[str], Path]) -> None:
     path = write_config(
         """
         [sweep]
@@ -172,9 +174,7 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_the_run_resumes(
 ) -> None:
     """ENOSPC on a ledger write: exit 1 with what happened and what to do, no traceback."""
     import errno
-    import os
 
-    from sweeper import ledger as ledger_module
 
     config = _regions_fast(project)
     real_fsync = os.fsync
@@ -187,7 +187,7 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_the_run_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(ledger_module.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)
     result = CliRunner().invoke(cli, ["run", str(config), "--run-id", "night-1"])
     assert result.exit_code == 1, result.output
     assert "could not write to the ledger" in result.stderr
@@ -197,7 +197,7 @@ def test_a_full_disk_mid_run_is_a_clear_error_and_the_run_resumes(
     before = _rows(project / "results" / "regions.csv")
     assert before and before[0]["event"] == "intent"  # what was written reads back whole
 
-    monkeypatch.setattr(ledger_module.os, "fsync", real_fsync)  # the disk has room again
+    monkeypatch.setattr(os, "fsync", real_fsync)  # the disk has room again
     again = CliRunner().invoke(cli, ["run", str(config), "--run-id", "night-1"])
     assert again.exit_code == 0, again.output + again.stderr
     assert "6 succeeded, 0 failed" in again.output

@@ -6,6 +6,7 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -37,5 +38,5 @@ def test_openapi_document_lists_the_v4_surface() -> None:
 
 @schema.parametrize()
 @settings(max_examples=5, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_app_conforms_to_its_openapi_document(case: schemathesis.Case) -> None:
+def test_app_conforms_to_its_openapi_document(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(headers={"Authorization": "Bearer schemathesis"})

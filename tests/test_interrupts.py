@@ -156,12 +156,16 @@ def test_interrupt_during_polling(project: Path, times: int) -> None:
     transport = CountingPosts(app)
     submitted: list[RunEvent] = []
 
+    def interrupt(times: int) -> None:
+        for _ in range(times):
+            stop.interrupt()
+
     def on_event(event: RunEvent) -> None:
         if event.kind is EventKind.SUBMITTED:
             submitted.append(event)
             if len(submitted) == 3:
                 loop = asyncio.get_running_loop()
-                loop.call_later(0.2, lambda: [stop.interrupt() for _ in range(times)])
+                loop.call_later(0.2, interrupt, times)
 
     summary, _ = run_library(config, transport, stop=stop, on_event=on_event)
     assert summary.exit_code == 1 and summary.interrupted

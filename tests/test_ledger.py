@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sweeper import ledger as ledger_mod
 from sweeper.errors import LedgerError, LedgerLockedError
 from sweeper.ledger import (
     COLUMNS,
@@ -131,7 +130,7 @@ def test_fsync_per_append(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(ledger_mod.os, "fsync", counting)
+    monkeypatch.setattr(os, "fsync", counting)
     for i in range(5):
         led.append(make_row(f"c{i}"))
         assert len(calls) == i + 1  # durable before append returns
@@ -148,7 +147,7 @@ def test_new_file_fsyncs_file_and_directory(
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real(fd)
 
-    monkeypatch.setattr(ledger_mod.os, "fsync", recording)
+    monkeypatch.setattr(os, "fsync", recording)
     with open_ledger(tmp_path / "l.csv"):
         pass
     assert str(tmp_path / "l.csv") in synced
@@ -510,7 +509,7 @@ def test_rows_to_frame(tmp_path: Path) -> None:
 # --- the crash property: a cut anywhere yields a prefix -------------------------------------
 
 text_values = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12
 )
 rows_strategy = st.lists(
     st.builds(
@@ -564,17 +563,17 @@ def test_a_failed_write_is_raised_by_every_later_append(
 
     def half_then_full(fd: int, data: bytes) -> int:
         if fd == led._fd:
-            monkeypatch.setattr(ledger_mod.os, "write", full)
+            monkeypatch.setattr(os, "write", full)
             return real_write(fd, bytes(data[:10]))  # part of the line reached the file
         return real_write(fd, data)
 
     def full(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ledger_mod.os, "write", half_then_full)
+    monkeypatch.setattr(os, "write", half_then_full)
     with pytest.raises(LedgerError, match="No space left"):
         led.append(make_row("c2"))
-    monkeypatch.setattr(ledger_mod.os, "write", real_write)  # the disk has room again...
+    monkeypatch.setattr(os, "write", real_write)  # the disk has room again...
     with pytest.raises(LedgerError, match="No space left"):
         led.append(make_row("c3"))  # ...but nothing goes behind the torn line
     led.close()

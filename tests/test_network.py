@@ -29,8 +29,8 @@ import pytest
 
 from sweeper.client import MAX_ANSWER_BYTES, DataprepClient
 from sweeper.errors import ApiConnectionError, ApiInDoubtError, ApiResponseError
+from sweeper.journal import RunEvent
 from sweeper.ledger import Event, read_ledger
-from sweeper.runner import RunEvent
 from tests.reliab_support import run_library
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ class Counting(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-def _sweep(write_config: Any) -> Path:
+def _sweep(write_config: Callable[[str], Path]) -> Path:
     return write_config(
         """
         [sweep]
