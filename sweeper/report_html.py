@@ -246,7 +246,8 @@ def chart_durations(report: Report) -> str:
             ax.set_xlabel("seconds")
             ax.set_ylabel(name)
             ax.set_title(f"Duration by {name}")
-            ax.set_xlim(left=0)
+            longest = max(max(d) for d in data)
+            ax.set_xlim(0, longest * 1.1 if longest > 0 else 1)  # room for the longest box
         fig.tight_layout()
         return _svg(fig)
 

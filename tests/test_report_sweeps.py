@@ -609,3 +609,53 @@ def test_verify_outputs_deleted_file_is_written_again_by_a_rerun(project: Path) 
     assert gone.exists()
     # action = "create" never overwrites: the 7 files still there got a job-id suffixed sibling
     assert len(list(out.glob("*_*.csv"))) == 7
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_html_report_renders_in_a_headless_browser(two_nights: Any, tmp_path: Path) -> None:
+    """Debian's chromium loads the page offline: headline, grid and charts are in the DOM, and
+    a screenshot is written."""
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium)")
+    config, _emulator, _, _ = two_nights
+    rows = read_ledger(load_config(config).sweep.ledger)
+    page = write_html(build_report(rows), tmp_path / "report.html", rows)
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    url = page.as_uri()
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True
+    ).stdout
+    assert "3 / 8 succeeded" in dom and "nightly · run night-2" in dom
+    assert 'class="grid"' in dom and dom.count('class="dot s-failed"') >= 5
+    assert dom.count("<svg") == 2 and "Combinations by state, per run" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
