@@ -659,3 +659,13 @@ def test_html_report_renders_in_a_headless_browser(two_nights: Any, tmp_path: Pa
         check=True,
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_sweep_file_reads_its_ledger(two_nights: Any) -> None:
+    config, _emulator, _, _ = two_nights
+    from_config = sweeper.report(config)
+    from_ledger = sweeper.report(load_config(config).sweep.ledger, config=config)
+    assert (from_config.run_id, from_config.total, from_config.succeeded) == ("night-2", 8, 3)
+    assert report_dict(from_config) == report_dict(from_ledger)
+    assert from_config.base_url == "embedded"  # the emulator has no job pages: no links
+    assert all(c["job_url"] is None for c in report_dict(from_config)["combinations"])  # type: ignore[union-attr]
