@@ -29,21 +29,32 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 log = logging.getLogger("sweeper")
 
 
+ERROR_SCHEMA = "sweeper.error/1"
+
+
 @contextlib.contextmanager
-def _exit_codes() -> Iterator[None]:
-    """The CLI's one error handler: a message on stderr, then the error's exit code."""
+def _exit_codes(as_json: bool = False) -> Iterator[None]:
+    """The CLI's one error handler: a message on stderr, then the error's exit code.
+
+    With ``as_json`` the error is also a JSON document on stdout, so a script that reads
+    stdout gets a document whatever happened.
+    """
     try:
         yield
     except (SweeperError, KeyboardInterrupt) as exc:
         if isinstance(exc, KeyboardInterrupt):
             # Every ledger row written so far is on disk (fsynced), so stopping here is safe.
-            click.echo(
-                "Interrupted. The ledger is consistent: run the same command again to resume.",
-                err=True,
-            )
+            message = "Interrupted. The ledger is consistent: run the same command again to resume."
+            click.echo(message, err=True)
         else:
-            click.echo(f"Error: {exc}", err=True)
-        sys.exit(exit_code_for(exc))
+            message = str(exc)
+            click.echo(f"Error: {message}", err=True)
+        code = exit_code_for(exc)
+        if as_json:
+            error = {"type": type(exc).__name__, "message": message}
+            document = {"schema": ERROR_SCHEMA, "error": error, "exit_code": int(code)}
+            click.echo(json.dumps(document, indent=2))
+        sys.exit(code)
 
 
 def _exit(outcome: Outcome) -> NoReturn:
@@ -194,7 +205,7 @@ def run(
     from sweeper.signals import SignalRelay
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
-    with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
+    with _exit_codes(as_json), SignalRelay(restore=not _whole_process) as relay:
         progress = render.Progress(quiet=quiet or as_json)
         try:
             summary = commands.run(
@@ -213,7 +224,7 @@ def run(
         finally:
             progress.close()
         if as_json:
-            click.echo(json.dumps(summary.as_dict(), indent=2))
+            click.echo(json.dumps(render.run_json(summary), indent=2))
         else:
             click.echo(render.summary_text(summary))
         _exit(summary)
@@ -239,7 +250,8 @@ def run(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Write the whole plan as CSV (one row per combination, with action and reason).",
+    help="Write the whole plan as CSV (one row per combination, with action and reason; "
+    "formula-like cells neutralised, written atomically).",
 )
 @click.option(
     "--all", "show_all", is_flag=True, help="List every combination, not just the first and last."
@@ -274,7 +286,7 @@ def plan(
     from sweeper import commands, render
 
     json_out = fmt == "json" or as_json
-    with _exit_codes():
+    with _exit_codes(json_out):
         planned = commands.plan(
             config_path,
             run_id=run_id,
@@ -338,7 +350,7 @@ def status(
             counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in res.counts().items())
             click.echo(f"[sweeper] {counts}", err=True)
 
-    with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
+    with _exit_codes(as_json), SignalRelay(restore=not _whole_process) as relay:
         result = commands.status(
             target,
             config=config_opt,
@@ -362,7 +374,14 @@ def status(
 
 
 @cli.command()
-@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("target", metavar="LEDGER|CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_opt",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The sweep file, when TARGET is a ledger and it isn't found in configs/ "
+    "(its base URL links job groups to their job pages).",
+)
 @click.option("--run-id", metavar="ID", help="The run to report on. Default: the latest.")
 @click.option(
     "--format",
@@ -374,32 +393,68 @@ def status(
     "(formula-safe), json for scripts.",
 )
 @click.option(
+    "--table",
+    "csv_table",
+    type=click.Choice(["combinations", "failures", "by-parameter", "diff", "summary", "runs"]),
+    default=None,
+    help="With --format csv: the table to write. Default: combinations, one row per "
+    "combination with its parameters as columns.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the report to FILE (atomically) instead of stdout.",
+)
+@click.option(
     "--html",
     "html_path",
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="FILE",
-    help="Also write a self-contained HTML page with a chart.",
+    help="Also write a self-contained HTML page: headline, status grids, charts, failures.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def report(
-    ledger_path: Path, run_id: str | None, fmt: str, html_path: Path | None, as_json: bool
+    target: Path,
+    config_opt: Path | None,
+    run_id: str | None,
+    fmt: str,
+    csv_table: str | None,
+    output: Path | None,
+    html_path: Path | None,
+    as_json: bool,
 ) -> None:
     """Summarise a ledger: states, durations, failures, success by parameter, and the diff
     against the previous run.
 
-    Reads the ledger only; safe while a run is writing it.
+    TARGET is a ledger or the sweep file whose ledger to read. Reads the ledger only; safe
+    while a run is writing it.
 
     \b
     Examples:
         sweeper report results/regions.csv
+        sweeper report configs/regions.toml --html results/regions.html
         sweeper report results/regions.csv --format markdown --run-id 2026-11-28
-        sweeper report results/regions.csv --html results/regions.html
+        sweeper report results/regions.csv --format csv --table failures --output failures.csv
     """
     from sweeper import commands, reporting
+    from sweeper.export import write_atomic
 
-    with _exit_codes():
-        built = commands.report(ledger_path, run_id=run_id)
-        click.echo(reporting.render(built, cast(reporting.Format, "json" if as_json else fmt)))
+    if as_json:
+        fmt = "json"
+    with _exit_codes(fmt == "json"):
+        if csv_table is not None and fmt != "csv":
+            raise ConfigError("--table applies to --format csv only.", key="--table")
+        built = commands.report(target, config=config_opt, run_id=run_id)
+        if fmt == "csv":
+            text = reporting.render_csv(built, csv_table or "combinations")
+        else:
+            text = reporting.render(built, cast(reporting.Format, fmt))
+        if output is not None:
+            write_atomic(output, text)
+            click.echo(f"wrote {output}", err=True)
+        else:
+            click.echo(text, nl=not text.endswith("\n"))
         if html_path is not None:
             reporting.write_html(built, html_path)
             click.echo(f"wrote {html_path}", err=True)

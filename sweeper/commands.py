@@ -187,9 +187,12 @@ def plan(
 
     try:
         counts = planner.check(allow_large=allow_large, on_item=take)
-    finally:
+    except BaseException:
         if csv_plan is not None:
-            csv_plan.close()
+            csv_plan.discard()  # a failed plan leaves no partial CSV behind
+        raise
+    if csv_plan is not None:
+        csv_plan.close()
     return SweepPlan(planner, counts, digest, out, history)
 
 
@@ -308,7 +311,9 @@ def status(
         if cfg is None or not refresh:
             history = read_ledger(ledger_path, sweep=cfg.sweep.name if cfg is not None else None)
             rid = run_id or (history[-1].run_id if history else "")
-            return StatusResult(run_id=rid, rows=list(current_state(history, run_id=rid).values()))
+            rows = list(current_state(history, run_id=rid).values())
+            base_url = cfg.api.base_url if cfg is not None else None
+            return StatusResult(run_id=rid, rows=rows, base_url=base_url)
         known = cfg
         client = connect(known, environ=env, transport=transport)
         _install_redaction(known, env)
@@ -339,25 +344,34 @@ def status(
                     except Stopped:
                         result = latest[0]  # a round always reports before the run sleeps
             result.interrupted = stopper.stopped
+            result.base_url = known.api.base_url
             return result
 
         return asyncio.run(main())
 
 
-def report(ledger: str | os.PathLike[str], *, run_id: str | None = None) -> Report:
+def report(
+    target: ConfigSource,
+    *,
+    config: ConfigSource | None = None,
+    run_id: str | None = None,
+) -> Report:
     """Summarise one run of a ledger (default: the latest) against the run before it.
 
-    Reads the ledger without locking it: safe while a run is writing it.
+    ``target`` is a ledger, or a sweep file (or config) whose ledger to read, as for ``status``;
+    the sweep file, when known, gives the platform's base URL for links to job pages. Reads
+    the ledger without locking it: safe while a run is writing it.
     """
     from sweeper.reporting import build_report
 
     if run_id:
         check_run_id(run_id)
-    path = Path(ledger)
+    cfg, path = _status_target(target, config)
     if not path.exists():
         raise _missing_ledger(path)
-    rows = read_ledger(path)
+    rows = read_ledger(path, sweep=cfg.sweep.name if cfg is not None else None)
+    base_url = cfg.api.base_url if cfg is not None else None
     try:
-        return build_report(rows, run_id=run_id)
+        return build_report(rows, run_id=run_id, base_url=base_url)
     except ValueError as exc:  # a run id the ledger does not have: bad usage
         raise ConfigError(f"{exc}; pick one with --run-id.", path=str(path)) from None

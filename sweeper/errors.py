@@ -15,7 +15,8 @@ The tree::
     │   └── ApiResponseError        2xx whose body is not what the API documents     [PERMANENT]
     ├── LedgerError                 unreadable ledger, other sweep, bad schema       -> exit 1
     │   └── LedgerLockedError       another sweeper holds the ledger                 -> exit 1
-    └── RunAbortedError             the run stopped itself (breaker, budget, signal) -> exit 1
+    ├── RunAbortedError             the run stopped itself (breaker, budget, signal) -> exit 1
+    └── OutputError                 a report or plan file could not be written       -> exit 1
 
 ``exit_code_for`` is the one place where an error or a result becomes an ``ExitCode``.
 
@@ -155,6 +156,10 @@ class LedgerLockedError(LedgerError):
 
 class RunAbortedError(SweeperError):
     """The run stopped itself before the end; the ledger is consistent and resumable."""
+
+
+class OutputError(SweeperError):
+    """A file for people (report, plan CSV) could not be written; no partial file is left."""
 
 
 class Outcome(Protocol):

@@ -8,15 +8,17 @@ combination, appends it (written and fsynced before the caller goes on), and emi
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sweeper.config import SweepConfig
 from sweeper.errors import ExitCode, exit_code_for
 from sweeper.ledger import Event, Ledger, LedgerRow, utc_timestamp
 from sweeper.planner import PlannedCombination
 from sweeper.state import State
+
+RUN_SCHEMA = "sweeper.run/1"
 
 
 class EventKind(str, enum.Enum):
@@ -50,6 +52,15 @@ class RunEvent:
     item: PlannedCombination | None = None
 
 
+class Failure(NamedTuple):
+    """A combination that ended without success, as the run summary lists it."""
+
+    combination: str  # `Region=01 varReferenceType=PROD`, for people
+    error: str
+    combo_id: str
+    params: Mapping[str, str]
+
+
 @dataclass
 class RunSummary:
     """What a run did and where every combination in scope stands at its end."""
@@ -71,7 +82,7 @@ class RunSummary:
     interrupted: bool = False
     timed_out: bool = False
     aborted: str = ""  # why the run stopped itself, if it did
-    failures: list[tuple[str, str]] = field(default_factory=list)  # (combination, error)
+    failures: list[Failure] = field(default_factory=list)
 
     @property
     def stopped_early(self) -> bool:
@@ -109,10 +120,14 @@ class RunSummary:
         return exit_code_for(self)
 
     def as_dict(self) -> dict[str, Any]:
-        data = dict(self.__dict__)
+        """The summary as JSON-ready data (``sweeper.run/1``); parameters are an object."""
+        data: dict[str, Any] = {"schema": RUN_SCHEMA, **self.__dict__}
         for bucket in ("succeeded", "failed", "in_doubt", "running", "not_sent", "pending"):
             data[bucket] = getattr(self, bucket)
-        data["failures"] = [{"combination": c, "error": e} for c, e in self.failures]
+        data["failures"] = [
+            {"combo_id": f.combo_id, "params": dict(f.params), "error": f.error}
+            for f in self.failures
+        ]
         data["exit_code"] = int(self.exit_code)
         return data
 

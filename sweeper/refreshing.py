@@ -32,6 +32,7 @@ class StatusResult:
     timed_out: bool = False  # --watch gave up at run.timeout
     interrupted: bool = False  # a signal ended --watch early
     sweep_file: Path | None = None  # the sweep file the API was asked with; None: ledger as is
+    base_url: str | None = None  # the platform's, when the sweep file is known (job page links)
 
     def counts(self) -> dict[str, int]:
         """How many combinations are in each state (only states that occur)."""

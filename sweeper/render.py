@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import collections
 import csv
+import io
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sweeper.export import AtomicFile, neutralize
 from sweeper.identity import canonical_json
+from sweeper.links import job_url
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
 
@@ -18,6 +21,8 @@ if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
     from sweeper.journal import RunEvent, RunSummary
     from sweeper.refreshing import StatusResult
 
+PLAN_SCHEMA = "sweeper.plan/1"
+STATUS_SCHEMA = "sweeper.status/1"
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
 REASONS_SHOWN = 20  # skip/resend/wait lines shown before "... and N more"
 
@@ -117,6 +122,7 @@ def _item_json(item: PlannedCombination) -> dict[str, Any]:
 def plan_json(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> dict[str, Any]:
     """The plan for scripts; every combination with its body when the digest kept them all."""
     return {
+        "schema": PLAN_SCHEMA,
         "sweep": planner.config.sweep.name,
         "run_id": planner.run_id,
         "as_of": planner.as_of.isoformat(),
@@ -131,17 +137,19 @@ class PlanCsv:
     """The whole plan, one row per combination, streamed to a CSV file as it is checked.
 
     Each row has the decision and its reason, the identities, the parameter values and the
-    output paths; the full request bodies are in ``sweeper plan --json``.
+    output paths; the full request bodies are in ``sweeper plan --json``. The file is for
+    people: cells a spreadsheet would run as formulas are neutralised, and it appears only
+    whole (``commit``), never half-written.
     """
 
     def __init__(self, path: Path, param_names: Iterable[str]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.names = list(param_names)
-        self._fh = path.open("w", newline="", encoding="utf-8")
-        self._writer = csv.writer(self._fh, lineterminator="\n")
+        self._file = AtomicFile(path)
+        self._buf = io.StringIO()
+        self._writer = csv.writer(self._buf, lineterminator="\n")
         # csv.writer does not quote a lone "\r" when the line ends in "\n", and readers split
         # on it; rows holding one have every field quoted instead.
-        self._quote_all = csv.writer(self._fh, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        self._quote_all = csv.writer(self._buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
         self._writer.writerow(
             [
                 "combo_id",
@@ -149,7 +157,7 @@ class PlanCsv:
                 "reason",
                 "generation",
                 "execution_id",
-                *self.names,
+                *[neutralize(n) for n in self.names],
                 "output_paths",
             ]
         )
@@ -159,11 +167,11 @@ class PlanCsv:
         row = [
             item.combo.combo_id,
             item.action.value,
-            item.reason,
+            neutralize(item.reason),
             str(item.generation),
             item.execution_id,
-            *[params.get(n, "") for n in self.names],
-            " ".join(item.output_paths),
+            *[neutralize(params.get(n, "")) for n in self.names],
+            neutralize(" ".join(item.output_paths)),
         ]
         line = ",".join(row)
         # csv.writer leaves a field as it is unless it holds a comma, a quote or a line break.
@@ -171,14 +179,32 @@ class PlanCsv:
         # every character); a comma inside a field shows as one comma too many. The other
         # characters are found with `in`, which costs far less per row than a regex search.
         if line.count(",") == len(row) - 1 and not ('"' in line or "\n" in line or "\r" in line):
-            self._fh.write(line + "\n")
+            self._buf.write(line + "\n")
         elif "\r" in line:
             self._quote_all.writerow(row)
         else:
             self._writer.writerow(row)
+        if self._buf.tell() > 1 << 16:  # bounded memory for large plans
+            self._flush()
+
+    def _flush(self) -> None:
+        self._file.write(self._buf.getvalue())
+        self._buf.seek(0)
+        self._buf.truncate()
 
     def close(self) -> None:
-        self._fh.close()
+        """Write the rest and move the file into place."""
+        self._flush()
+        self._file.commit()
+
+    def discard(self) -> None:
+        """Leave no file behind (the plan failed part-way)."""
+        self._file.discard()
+
+
+def run_json(summary: RunSummary) -> dict[str, Any]:
+    """The run summary for scripts (``sweeper.run/1``)."""
+    return summary.as_dict()
 
 
 def summary_text(s: RunSummary) -> str:
@@ -199,7 +225,7 @@ def summary_text(s: RunSummary) -> str:
     )
     if s.posts == 0 and s.planned and not s.aborted:
         lines.append("Nothing new was submitted.")
-    for combo, error in s.failures[:10]:
+    for combo, error, *_ in s.failures[:10]:
         lines.append(f"  failed: {combo}: {error}")
     if s.aborted:
         lines.append(f"Stopped: {s.aborted}")
@@ -286,6 +312,7 @@ def _status_rows(result: StatusResult) -> list[dict[str, Any]]:
             "event": r.event.value,
             "status": r.status,
             "job_group_id": r.job_group_id,
+            "job_url": job_url(result.base_url, r.job_group_id),
             "error": r.error,
             "ts": r.ts,
         }
@@ -294,7 +321,9 @@ def _status_rows(result: StatusResult) -> list[dict[str, Any]]:
 
 
 def status_json(result: StatusResult) -> dict[str, Any]:
+    """Where each combination stands, for scripts (``sweeper.status/1``)."""
     return {
+        "schema": STATUS_SCHEMA,
         "run_id": result.run_id,
         "counts": result.counts(),
         "refreshed": result.refreshed,
@@ -315,17 +344,24 @@ def status_text(result: StatusResult) -> str:
                 r["status"] or r["event"],
                 r["job_group_id"] or "",
                 " ".join(f"{k}={v}" for k, v in r["params"].items()),
-                r["error"][:60],
             ]
             for r in rows
         ),
-        ["state", "status", "job group", "combination", "error"],
+        ["state", "status", "job group", "combination"],
     )
     counts = ", ".join(f"{n} {State(k).label}" for k, n in result.counts().items())
     head = f"run {result.run_id}: {counts or 'no combinations'}"
     if result.refreshed:
         head += f" (asked about {result.refreshed} job groups, {result.finished} ended since)"
     lines = [head, body] if rows else [head]
+    # Errors whole, under the table: the cause is often at the end of a long message.
+    errors = [r for r in rows if r["error"]]
+    if errors:
+        lines.append("errors:")
+        lines.extend(
+            f"  {' '.join(f'{k}={v}' for k, v in r['params'].items())}: {r['error']}"
+            for r in errors
+        )
     lines.extend(f"warning: {e}" for e in result.errors[:10])
     if result.timed_out:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")

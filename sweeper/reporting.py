@@ -2,7 +2,7 @@
 
 Built on pandas, imported lazily so that `import sweeper.reporting` stays cheap for the CLI.
 `build_report` computes DataFrames; `render` turns them into text, Markdown, CSV or JSON;
-`write_html` writes one self-contained HTML page with an inline SVG chart.
+`write_html` writes one self-contained HTML page (sweeper.report_html: Jinja2 and matplotlib).
 """
 
 from __future__ import annotations
@@ -13,19 +13,25 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sweeper.ledger import PARAM_PREFIX, LedgerRow, fsync_directory, one_line
+from sweeper.export import neutralize, write_atomic
+from sweeper.ledger import PARAM_PREFIX, LedgerRow, one_line
+from sweeper.links import job_url
 from sweeper.state import State
 
 if TYPE_CHECKING:
     import pandas as pd
 
 Format = Literal["table", "markdown", "csv", "json"]
-REPORT_SCHEMA = "sweeper-report/1"
+REPORT_SCHEMA = "sweeper.report/1"
+RECENT_RUNS = 5  # runs shown side by side in the HTML report's grids, the selected one last
+# The tables `report --format csv --table NAME` writes; "combinations" is the tidy default.
+CSV_TABLES = ("combinations", "failures", "by-parameter", "diff", "summary", "runs")
 
 # The states a combination with ledger rows can be in (PENDING means it has none), as the
 # values that report frames and JSON hold; the text formats show their labels.
@@ -34,7 +40,6 @@ FAILING = tuple(s.value for s in State if s.is_failure)  # terminal and not succ
 UNFINISHED = tuple(s for s in _STATES if not State(s).is_terminal)
 _STATE_COLUMNS = ("state", "previous_state")  # report columns that hold a state
 _TEXT_CELL_MAX = 80  # table format: long error text is cut so columns stay readable
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 # (attribute, title) of each table, in display order.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -61,6 +66,28 @@ class Report:
     by_param: pd.DataFrame  # parameter, value, combinations, succeeded, failed, other, ...
     diff: pd.DataFrame  # combo_id, params, change, previous_state, state
     runs: pd.DataFrame  # run_id, combinations, one column per state, p50_s, max_s
+    # One row per combination of the run: combo_id, params (a dict), state, status,
+    # job_group_id, session_id, job_ids, duration_s, error.
+    combinations: pd.DataFrame
+    sweep: str | None = None
+    started_at: str | None = None  # the run's first ledger row
+    ended_at: str | None = None  # the run's last ledger row
+    param_names: tuple[str, ...] = ()  # in ledger column order
+    # (run_id, combinations) of the last RECENT_RUNS runs up to the selected one, oldest first.
+    recent: tuple[tuple[str, pd.DataFrame], ...] = field(default=(), repr=False)
+    base_url: str | None = None  # the platform's, when known: job group ids link to job pages
+
+    @property
+    def succeeded(self) -> int:
+        return int((self.combinations["state"] == State.SUCCEEDED.value).sum())
+
+    @property
+    def total(self) -> int:
+        return len(self.combinations)
+
+    def job_url(self, job_group_id: object) -> str | None:
+        """The platform's page for a job group of this report, if the base URL tells it."""
+        return job_url(self.base_url, job_group_id)
 
 
 def to_frame(rows_or_frame: Iterable[LedgerRow] | pd.DataFrame) -> pd.DataFrame:
@@ -78,6 +105,49 @@ def _params_text(params: Any) -> str:
     if not isinstance(params, dict):
         return ""
     return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _param_names(frame: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(
+        str(c)[len(PARAM_PREFIX) :] for c in frame.columns if str(c).startswith(PARAM_PREFIX)
+    )
+
+
+def _combinations(frame: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
+    """One row per combination of the run: its current state and the ids it was last given."""
+    import pandas as pd
+
+    part = frame[frame["run_id"] == run_id]
+    # A `finished` row need not repeat the session and job ids of its `submitted` row.
+    known: dict[str, dict[str, Any]] = {}
+    for combo, group, session, jobs in zip(
+        part["combo_id"], part["job_group_id"], part["session_id"], part["job_ids"], strict=True
+    ):
+        ids = known.setdefault(combo, {"job_group_id": None, "session_id": "", "job_ids": ""})
+        if not _is_missing(group):
+            ids["job_group_id"] = int(group)
+        if session:
+            ids["session_id"] = str(session)
+        if jobs:
+            ids["job_ids"] = " ".join(str(j) for j in jobs)
+    current = _current(frame, run_id)
+    result = pd.DataFrame(
+        {
+            "combo_id": current["combo_id"],
+            "params": current["params"],
+            "state": current["state"],
+            "status": current["status"],
+            "job_group_id": pd.array(
+                [known[c]["job_group_id"] for c in current["combo_id"]], dtype="Int64"
+            ),
+            "session_id": [known[c]["session_id"] for c in current["combo_id"]],
+            "job_ids": [known[c]["job_ids"] for c in current["combo_id"]],
+            "duration_s": current["duration_s"].where(current["event"] == "finished"),
+            "error": current["error"],
+        }
+    )
+    tidy: pd.DataFrame = result.reset_index(drop=True)
+    return tidy
 
 
 def _current(frame: pd.DataFrame, run_id: str | None) -> pd.DataFrame:
@@ -142,7 +212,10 @@ def _by_param(current: pd.DataFrame) -> pd.DataFrame:
     result: pd.DataFrame = pd.DataFrame.from_records(
         records, columns=[*columns, "success_rate", "p50_s"]
     )
-    return result
+    # Worst first: the value to look at is at the top; ties keep parameter and value order.
+    worst_first: pd.DataFrame = result.sort_values("success_rate", kind="stable")
+    ranked: pd.DataFrame = worst_first.reset_index(drop=True)
+    return ranked
 
 
 def _diff(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
@@ -165,7 +238,7 @@ def _diff(current: pd.DataFrame, previous: pd.DataFrame | None) -> pd.DataFrame:
             change = "fixed"
         else:
             continue
-        records.append((combo, _params_text(params), change, prev, state))
+        records.append((combo, params, change, prev, state))
     records.sort(key=lambda r: changes[r[2]])  # stable: ledger order within each change
     result: pd.DataFrame = pd.DataFrame.from_records(records, columns=columns)
     return result
@@ -194,9 +267,16 @@ def _runs_overview(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(
-    rows_or_frame: Iterable[LedgerRow] | pd.DataFrame, *, run_id: str | None = None
+    rows_or_frame: Iterable[LedgerRow] | pd.DataFrame,
+    *,
+    run_id: str | None = None,
+    base_url: str | None = None,
 ) -> Report:
-    """Summarise one run (default: the latest) of a ledger and compare it with the run before."""
+    """Summarise one run (default: the latest) of a ledger and compare it with the run before.
+
+    ``base_url`` is the platform's (the sweep's ``api.base_url``): job groups then link to their
+    job pages where the platform is known.
+    """
     import pandas as pd
 
     frame = to_frame(rows_or_frame)
@@ -210,6 +290,7 @@ def build_report(
         previous_id = run_order[run_order.index(selected) - 1]
 
     current = _current(frame, selected)
+    in_run = frame.loc[frame["run_id"] == selected, "ts"]
     counts = _state_counts(current)
     summary = pd.DataFrame(
         {
@@ -218,7 +299,7 @@ def build_report(
         }
     )
     durations = pd.DataFrame([_durations(_finished_durations(frame, selected))])
-    params = current["params"].map(_params_text)
+    params = current["params"]
 
     bad = current[current["state"].isin(FAILING)]
     failures = pd.DataFrame(
@@ -254,7 +335,21 @@ def build_report(
         by_param=_by_param(current),
         diff=_diff(current, previous),
         runs=_runs_overview(frame),
+        combinations=_combinations(frame, selected),
+        sweep=str(frame["sweep"].iloc[0]) if len(frame) else None,
+        started_at=str(in_run.min()) if len(in_run) else None,
+        ended_at=str(in_run.max()) if len(in_run) else None,
+        param_names=_param_names(frame),
+        recent=tuple((r, _combinations(frame, r)) for r in _recent(run_order, selected)),
+        base_url=base_url,
     )
+
+
+def _recent(run_order: list[str], selected: str | None) -> list[str]:
+    if selected is None:
+        return []
+    end = run_order.index(selected) + 1
+    return run_order[max(0, end - RECENT_RUNS) : end]
 
 
 # --- rendering --------------------------------------------------------------------------------
@@ -281,7 +376,9 @@ def _plain(value: object) -> object:
 
 
 def _cell(value: object) -> str:
-    """A human-readable one-line cell."""
+    """A human-readable one-line cell; parameters as `Name=value, ...`."""
+    if isinstance(value, dict):
+        return one_line(_params_text(value))
     value = _plain(value)
     if value is None:
         return ""
@@ -344,24 +441,39 @@ def _render_table(report: Report) -> str:
             out += ["(none)", ""]
             continue
         header, body = _cells(frame)
+        right = _numeric_columns(frame)
+        # Error text is the cause people look for: it goes whole under the table, not cut.
+        errors: list[str] = []
+        if "error" in header:
+            at = header.index("error")
+            errors = [f"  {row[0]}: {row[at]}" for row in body if row[at]]
+            header = header[:at] + header[at + 1 :]
+            body = [row[:at] + row[at + 1 :] for row in body]
+            right = {i - (i > at) for i in right}
         body = [
             [c if len(c) <= _TEXT_CELL_MAX else c[: _TEXT_CELL_MAX - 1] + "…" for c in row]
             for row in body
         ]
-        right = _numeric_columns(frame)
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         out += [_aligned(r, widths, right) for r in [header, *body]]
+        if errors:
+            out += ["errors:", *errors]
         out.append("")
     return "\n".join(out)
 
 
-def _md_escape(text: str) -> str:
-    # Cells hold server error text: keep it from breaking the table or injecting HTML.
-    return html.escape(text, quote=False).replace("|", "\\|")
+# Markdown syntax a value could carry into the page: links and images ([x](u), ![t](u)),
+# emphasis, code, headings, tables. Each gets a backslash, so it shows as typed.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#!|~])")
+
+
+def md_escape(text: str) -> str:
+    """A value as literal Markdown text: HTML entities for <, >, &; a backslash before syntax."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
 def _render_markdown(report: Report) -> str:
-    out = [f"# {_md_escape(_title(report))}", ""]
+    out = [f"# {md_escape(_title(report))}", ""]
     for attr, title in SECTIONS:
         frame: pd.DataFrame = getattr(report, attr)
         out += [f"## {title}", ""]
@@ -370,40 +482,72 @@ def _render_markdown(report: Report) -> str:
             continue
         header, body = _cells(frame)
         right = _numeric_columns(frame)
-        out.append("| " + " | ".join(_md_escape(h) for h in header) + " |")
+        out.append("| " + " | ".join(md_escape(h) for h in header) + " |")
         out.append(
             "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"
         )
-        out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in body]
+        # Numbers are left as they are: nothing in 0.50 or 12 is Markdown syntax.
+        out += [
+            "| " + " | ".join(c if i in right else md_escape(c) for i, c in enumerate(row)) + " |"
+            for row in body
+        ]
         out.append("")
     return "\n".join(out)
 
 
-def neutralize(cell: str) -> str:
-    """Prefix a cell that a spreadsheet would run as a formula with `'` (OWASP ASVS 1.2.10)."""
-    return "'" + cell if cell.startswith(_FORMULA_START) else cell
+def tidy_frame(report: Report) -> pd.DataFrame:
+    """The run as one tidy table: a row per combination, a column per parameter."""
+    import pandas as pd
+
+    combos = report.combinations
+    fixed = ["combo_id", "state", "status", "job_group_id", "session_id", "job_ids"]
+    fixed += ["duration_s", "error"]
+    names = list(report.param_names)
+    for params in combos["params"]:
+        if isinstance(params, dict):
+            names += [n for n in params if n not in names]
+    # A parameter named like a fixed column keeps its ledger name instead.
+    columns = {n: (PARAM_PREFIX + n if n in fixed else n) for n in names}
+    data: dict[str, Any] = {"combo_id": combos["combo_id"]}
+    for name, column in columns.items():
+        data[column] = [p.get(name, "") if isinstance(p, dict) else "" for p in combos["params"]]
+    for column in fixed[1:]:
+        data[column] = combos[column]
+    result: pd.DataFrame = pd.DataFrame(data)
+    return result
 
 
-def _render_csv(report: Report) -> str:
-    """All tables in one CSV for people: each under a one-cell title row, then a blank row."""
+def _csv_table(report: Report, table: str) -> pd.DataFrame:
+    if table == "combinations":
+        return tidy_frame(report)
+    attrs = {"failures": "failures", "by-parameter": "by_param", "diff": "diff"}
+    attrs |= {"summary": "summary", "runs": "runs"}
+    if table not in attrs:
+        raise ValueError(f"unknown table {table!r}; use one of {', '.join(CSV_TABLES)}")
+    frame: pd.DataFrame = getattr(report, attrs[table])
+    return frame
+
+
+def render_csv(report: Report, table: str = "combinations") -> str:
+    """One table as CSV for people: formula-like cells neutralised, states by their labels.
+
+    ``combinations`` (the default) is tidy: one row per combination, parameters as columns.
+    """
+    header, body = _cells(_csv_table(report, table))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([neutralize(_title(report))])
-    writer.writerow([])
-    for attr, title in SECTIONS:
-        frame: pd.DataFrame = getattr(report, attr)
-        header, body = _cells(frame)
-        writer.writerow([title])
-        writer.writerow([neutralize(h) for h in header])
-        writer.writerows([neutralize(c) for c in row] for row in body)
-        writer.writerow([])
+    writer.writerow([neutralize(h) for h in header])
+    writer.writerows([neutralize(c) for c in row] for row in body)
     return buf.getvalue()
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, object]]:
     columns = [str(c) for c in frame.columns]
     return [
-        {c: _plain(v) for c, v in zip(columns, row, strict=True)}
+        {
+            c: (dict(v) if isinstance(v, dict) else _plain(v))
+            for c, v in zip(columns, row, strict=True)
+        }
         for row in frame.itertuples(index=False, name=None)
     ]
 
@@ -412,12 +556,19 @@ def report_dict(report: Report) -> dict[str, object]:
     """The report as JSON-ready data with stable keys (values are raw, not neutralised)."""
     summary = dict(zip(report.summary["state"], report.summary["combinations"], strict=True))
     durations = _records(report.durations)[0] if len(report.durations) else {}
+    combinations = _records(report.combinations)
+    for item in combinations:
+        item["job_url"] = report.job_url(item["job_group_id"])
     return {
         "schema": REPORT_SCHEMA,
+        "sweep": report.sweep,
         "run_id": report.run_id,
         "previous_run_id": report.previous_run_id,
+        "started_at": report.started_at,
+        "ended_at": report.ended_at,
         "summary": {str(k): int(v) for k, v in summary.items()},
         "durations": durations,
+        "combinations": combinations,
         "failures": _records(report.failures),
         "unfinished": _records(report.unfinished),
         "by_param": _records(report.by_param),
@@ -427,20 +578,19 @@ def report_dict(report: Report) -> dict[str, object]:
 
 
 def render(report: Report, fmt: Format = "table") -> str:
-    """The report as aligned text, Markdown, CSV (formula-safe, for people) or JSON."""
+    """The report as aligned text, Markdown, CSV (the tidy table, formula-safe) or JSON."""
     if fmt == "table":
         return _render_table(report)
     if fmt == "markdown":
         return _render_markdown(report)
     if fmt == "csv":
-        return _render_csv(report)
+        return render_csv(report)
     if fmt == "json":
         return json.dumps(report_dict(report), indent=2, ensure_ascii=False) + "\n"
     raise ValueError(f"unknown report format {fmt!r}; use table, markdown, csv or json")
 
 
-# --- HTML -------------------------------------------------------------------------------------
-
+# The colour of each state in the HTML report's grids and charts.
 STATE_COLORS = {
     State.SUCCEEDED: "#2e7d32",
     State.FAILED: "#c62828",
@@ -452,122 +602,22 @@ STATE_COLORS = {
     State.NOT_SENT: "#9e9e9e",
 }
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:0 0 1.5em}
-th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
-th{background:#f3f3f3} .none{color:#777} svg text{font-size:11px}
-"""
-
-
-def _html_table(frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return '<p class="none">(none)</p>'
-    header, body = _cells(frame)
-    right = _numeric_columns(frame)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    rows = "".join(
-        "<tr>"
-        + "".join(
-            f'<td class="n">{html.escape(c)}</td>' if i in right else f"<td>{html.escape(c)}</td>"
-            for i, c in enumerate(row)
-        )
-        + "</tr>"
-        for row in body
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
-
-
-def _svg_runs(runs: pd.DataFrame) -> str:
-    """Stacked bars of combinations by state per run, and bars of the p50 duration per run."""
-    if runs.empty:
-        return ""
-    bar, gap, height, left, top = 28, 14, 160, 40, 10
-    n = len(runs)
-    width = max(left + n * (bar + gap), left + 140) + 150
-    most = max(int(runs["combinations"].max()), 1)
-    p50 = [0.0 if _is_missing(v) else float(v) for v in runs["p50_s"]]
-    slowest = max(max(p50), 1e-9)
-    parts = [
-        f'<svg width="{width}" height="{2 * height + 80}" '
-        f'role="img" aria-label="States and median durations per run">',
-        f'<text x="{left}" y="{top + 2}">combinations by state</text>',
-    ]
-    base = top + height
-    for i, record in enumerate(runs.to_dict("records")):
-        x = left + i * (bar + gap)
-        y = float(base)
-        for state in _STATES:
-            count = int(record[state])
-            if not count:
-                continue
-            h = (height - 20) * count / most
-            y -= h
-            parts.append(
-                f'<rect x="{x}" y="{y:.1f}" width="{bar}" height="{h:.1f}" '
-                f'fill="{STATE_COLORS[State(state)]}"><title>'
-                f"{html.escape(str(record['run_id']))}: {count} {State(state).label}</title></rect>"
-            )
-        label = html.escape(str(record["run_id"])[-10:])
-        parts.append(f'<text x="{x}" y="{base + 12}">{label}</text>')
-        h2 = (height - 30) * p50[i] / slowest
-        y2 = 2 * height + 50 - h2
-        parts.append(
-            f'<rect x="{x}" y="{y2:.1f}" width="{bar}" height="{h2:.1f}" fill="#546e7a">'
-            f"<title>{label}: p50 {p50[i]:.2f} s</title></rect>"
-            f'<text x="{x}" y="{2 * height + 62}">{label}</text>'
-        )
-    parts.append(
-        f'<text x="{left}" y="{height + 40}">median duration (s), max {slowest:.2f}</text>'
-    )
-    legend_x = max(left + n * (bar + gap), left + 140) + 10  # clear of the chart's title
-    for j, state in enumerate(STATE_COLORS):
-        parts.append(
-            f'<rect x="{legend_x}" y="{top + 14 * j}" width="10" height="10" '
-            f'fill="{STATE_COLORS[state]}"/><text x="{legend_x + 14}" y="{top + 14 * j + 9}">'
-            f"{state.label}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def render_html(report: Report, runs: pd.DataFrame | None = None) -> str:
-    """One self-contained HTML page: every table and an inline SVG chart; all text escaped."""
-    title = html.escape(_title(report))
-    sections = "".join(
-        f"<h2>{html.escape(t)}</h2>{_html_table(getattr(report, a))}" for a, t in SECTIONS
-    )
-    chart = _svg_runs(report.runs if runs is None else runs)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{title}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{title}</h1>{chart}{sections}</body></html>\n"
-    )
-
 
 def write_html(
     report: Report,
     path: str | os.PathLike[str],
     rows_or_frame: Sequence[LedgerRow] | pd.DataFrame | None = None,
 ) -> Path:
-    """Write the HTML report atomically (tmp, fsync, rename, fsync dir); returns the path.
+    """Write the HTML report atomically; OutputError (exit 1) if it cannot be, and no file.
 
     `rows_or_frame`, if given, supplies the runs for the chart (default: the report's runs).
     """
-    path = Path(path)
+    from sweeper.report_html import render_html
+
     runs = None if rows_or_frame is None else _runs_overview(to_frame(rows_or_frame))
-    data = render_html(report, runs).encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-    return path
+    return write_atomic(path, render_html(report, runs))
+
+
+def write_csv(report: Report, path: str | os.PathLike[str], table: str = "combinations") -> Path:
+    """Write one CSV table for people atomically (see render_csv)."""
+    return write_atomic(path, render_csv(report, table))

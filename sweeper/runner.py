@@ -23,7 +23,7 @@ from datetime import datetime
 
 from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig
-from sweeper.journal import EventKind, Journal, RunEvent, RunSummary
+from sweeper.journal import EventKind, Failure, Journal, RunEvent, RunSummary
 from sweeper.ledger import Ledger, current_state, state_of
 from sweeper.planner import Action, PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.stopping import StopController, StopReason
@@ -152,7 +152,8 @@ class _Run:
             state = state_of(row)
             s.states[state.value] += 1
             if state.is_failure and row is not None and len(s.failures) < 50:
-                s.failures.append((describe(combo), row.error or row.status or row.event.value))
+                error = row.error or row.status or row.event.value
+                s.failures.append(Failure(describe(combo), error, combo.combo_id, combo.params))
         s.interrupted = self.stop.reason is StopReason.INTERRUPTED
         s.timed_out = self.stop.reason is StopReason.TIMED_OUT
         if self.stop.reason is StopReason.ABORTED and self.stop.error is not None:

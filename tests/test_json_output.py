@@ -59,10 +59,11 @@ def test_run_json_is_the_only_stdout_and_its_exit_code_is_the_process_exit_code(
     data = json.loads(result.stdout)  # nothing but the document on stdout
     assert data["exit_code"] == 3
     assert (data["succeeded"], data["failed"], data["planned"]) == (6, 2, 8)
-    assert {f["combination"] for f in data["failures"]} == {
-        "Region=02 varReferenceType=PROD",
-        "Region=02 varReferenceType=TEST",
-    }
+    assert data["schema"] == "sweeper.run/1"
+    assert [f["params"] for f in data["failures"]] == [
+        {"Region": "02", "varReferenceType": "PROD"},
+        {"Region": "02", "varReferenceType": "TEST"},
+    ]
     assert all(f["error"].startswith("Injected fault") for f in data["failures"])
     assert result.stderr == ""  # --json silences the progress lines
     oracle = httpx.get(f"{base_url}/_emulator/jobGroups", timeout=10).json()

@@ -6,12 +6,13 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from sweeper.ledger import Event, Ledger, LedgerRow, read_ledger, rows_to_frame
-from sweeper.reporting import build_report, neutralize, render, write_html
+from sweeper.reporting import build_report, neutralize, render, render_csv, write_html
 
 FORMULA = '=HYPERLINK("http://evil","x")'
 SCRIPT = "<script>alert(1)</script> | pipe"
@@ -92,7 +93,7 @@ def test_failures_and_unfinished_tables() -> None:
     assert list(f["combo_id"]) == ["a", "c", "f"]
     assert list(f["state"]) == ["failed", "rejected", "failed"]
     assert list(f["error"]) == [FORMULA, SCRIPT, ""]
-    assert f["params"].iloc[0] == "Region=01, Type=PROD"
+    assert f["params"].iloc[0] == {"Region": "01", "Type": "PROD"}
     assert f["job_group_id"].iloc[0] == 11 and f["http_status"].iloc[1] == 422
     u = report.unfinished
     assert list(u["combo_id"]) == ["d", "e"]
@@ -200,27 +201,36 @@ def test_csv_rows_stay_whole_when_a_value_holds_a_carriage_return() -> None:
     odd = dataclasses.replace(
         finished("r1", "a", "Failed", 10, job_group_id=1), params={"Region": "0\r1"}
     )
-    text = render(build_report([odd]), "csv")
+    text = render_csv(build_report([odd]), "by-parameter")
     rows = list(csv.reader(io.StringIO(text, newline="")))
     assert ["Region", "0 1", "1", "0", "1", "0", "0.00", "10.00"] in rows
-    assert not any(r and r[0] in ("0", "1") for r in rows[1:] if len(r) == 1)
+    assert len(rows) == 2
 
 
 def test_json_is_raw_and_stable() -> None:
     data = json.loads(render(build_report(ledger_rows()), "json"))
     assert list(data) == [
         "schema",
+        "sweep",
         "run_id",
         "previous_run_id",
+        "started_at",
+        "ended_at",
         "summary",
         "durations",
+        "combinations",
         "failures",
         "unfinished",
         "by_param",
         "diff",
         "runs",
     ]
+    assert data["schema"] == "sweeper.report/1"
     assert data["failures"][0]["error"] == FORMULA  # machine output is not neutralised
+    assert data["failures"][0]["params"] == {"Region": "01", "Type": "PROD"}
+    assert data["diff"][0]["params"] == {"Region": "01", "Type": "PROD"}
+    assert data["combinations"][0]["params"] == {"Region": "01", "Type": "PROD"}
+    assert data["combinations"][0]["job_url"] is None  # no base URL, no link
     assert data["failures"][0]["job_group_id"] == 11
     assert data["durations"]["p90_s"] == 48
     assert data["unfinished"][0]["job_group_id"] is None
@@ -235,8 +245,134 @@ def test_html_is_self_contained_escaped_and_atomic(tmp_path: Path) -> None:
     assert "<svg" in page and "<table>" in page and "Success rate by parameter value" in page
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "http://evil" in page  # as escaped text only
-    assert "src=" not in page and "<link" not in page and "http://www.w3.org" not in page
+    assert "src=" not in page and "<link" not in page and "@import" not in page
+    # no base URL, no job links: the only references are the SVG's to its own elements
+    assert all(ref.startswith("#") for ref in re.findall(r'href="([^"]*)"', page))
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temp file left
+
+
+def test_values_are_escaped_in_the_html_and_in_the_chart_svg(tmp_path: Path) -> None:
+    """A parameter value with markup shows as text in the grid, the tables and the SVG axes."""
+    evil = '<img src=x onerror="alert(1)">&$x$'
+    rows = [
+        dataclasses.replace(r, params={"Region": evil, "Type": "PROD"})
+        for r in ledger_rows()
+        if r.combo_id == "a"
+    ]
+    page = write_html(build_report(rows), tmp_path / "r.html", rows).read_text("utf-8")
+    assert "<img" not in page
+    svg = page[page.index("<svg") : page.rindex("</svg>")]
+    assert '&lt;img src=x onerror="alert(1)"&gt;&amp;$x$</text>' in svg  # an axis label
+
+
+def test_html_write_failure_is_exit_1_and_leaves_no_file(tmp_path: Path) -> None:
+    import os
+
+    from sweeper.errors import ExitCode, OutputError, exit_code_for
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user that can write a read-only folder (root)")
+        with pytest.raises(OutputError, match=r"ro/report\.html") as caught:
+            write_html(build_report(ledger_rows()), folder / "report.html")
+        assert "Permission denied" in str(caught.value)
+        assert exit_code_for(caught.value) is ExitCode.STOPPED
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk (ENOSPC at fsync) is an OutputError naming the path and the cause."""
+    import errno
+    import os
+
+    from sweeper.errors import OutputError
+
+    out = tmp_path / "report.html"
+    out.write_text("old", encoding="utf-8")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputError, match="No space left on device") as caught:
+        write_html(build_report(ledger_rows()), out)
+    assert str(out) in str(caught.value)
+    assert out.read_text(encoding="utf-8") == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_tidy_csv_is_one_row_per_combination_for_pandas() -> None:
+    import pandas as pd
+
+    report = build_report(ledger_rows())
+    frame = pd.read_csv(io.StringIO(render(report, "csv")))
+    assert list(frame.columns) == [
+        "combo_id",
+        "Region",
+        "Type",
+        "state",
+        "status",
+        "job_group_id",
+        "session_id",
+        "job_ids",
+        "duration_s",
+        "error",
+    ]
+    assert list(frame["combo_id"]) == list("abcdef")
+    assert list(frame["state"]) == [
+        "failed",
+        "succeeded",
+        "rejected",
+        "in doubt",
+        "running",
+        "failed",
+    ]
+    assert frame.loc[0, "error"] == "'" + FORMULA  # neutralised for spreadsheets
+    assert frame.loc[2, "error"] == SCRIPT
+    assert frame.loc[0, "job_group_id"] == 11 and frame.loc[5, "duration_s"] == 50
+
+
+def test_other_tables_are_separate_csvs() -> None:
+    report = build_report(ledger_rows())
+    failures = list(csv.DictReader(io.StringIO(render_csv(report, "failures"))))
+    assert [f["combo_id"] for f in failures] == ["a", "c", "f"]
+    diff = list(csv.DictReader(io.StringIO(render_csv(report, "diff"))))
+    assert diff[0]["change"] == "newly failing" and diff[0]["params"] == "Region=01, Type=PROD"
+    pivot = list(csv.DictReader(io.StringIO(render_csv(report, "by-parameter"))))
+    assert float(pivot[0]["success_rate"]) <= float(pivot[-1]["success_rate"])  # worst first
+    with pytest.raises(ValueError, match="unknown table"):
+        render_csv(report, "nope")
+
+
+def test_markdown_keeps_link_and_image_syntax_dead() -> None:
+    rows = [
+        dataclasses.replace(r, error="see ![t](http://x/t.png) or [x](javascript:alert(1)) *now*")
+        if r.combo_id == "a" and r.event is Event.FINISHED
+        else r
+        for r in ledger_rows()
+    ]
+    text = render(build_report(rows), "markdown")
+    assert "![t](" not in text and "[x](" not in text and "*now*" not in text
+    assert r"\!\[t\]\(http://x/t.png\)" in text
+    assert r"\[x\]\(javascript:alert\(1\)\)" in text
+    assert "| Region | 01 | 2 | 0 | 1 | 1 | 0.00 | 30.00 |" in text  # numbers stay plain
+
+
+def test_table_format_shows_error_text_whole() -> None:
+    long = "Job failed: " + "x" * 150 + " caused by: No source data for Region 13"
+    rows = [
+        dataclasses.replace(r, error=long) if r.combo_id == "a" and r.event is Event.FINISHED else r
+        for r in ledger_rows()
+    ]
+    text = render(build_report(rows), "table")
+    assert f"  a: {long}" in text
 
 
 def test_report_from_ledger_file(tmp_path: Path) -> None:
@@ -255,7 +391,7 @@ def test_people_read_state_labels_scripts_read_state_values(tmp_path: Path) -> N
     assert data["summary"]["in_doubt"] == 1 and "timed_out" in data["runs"][0]
     assert [u["state"] for u in data["unfinished"]] == ["in_doubt", "running"]
     for fmt in ("table", "markdown", "csv"):
-        text = render(report, fmt)  # type: ignore[arg-type]
+        text = render(report, fmt) if fmt != "csv" else render_csv(report, "runs")  # type: ignore[arg-type]
         assert "in doubt" in text and "timed out" in text, fmt
         assert "in_doubt" not in text and "timed_out" not in text, fmt
     page = write_html(report, tmp_path / "r.html").read_text("utf-8")

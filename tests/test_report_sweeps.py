@@ -32,7 +32,7 @@ from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.emulator.settings import FaultSettings
 from sweeper.journal import RunEvent, RunSummary
 from sweeper.ledger import read_ledger
-from sweeper.reporting import Report, build_report, render, report_dict, write_html
+from sweeper.reporting import Report, build_report, render, render_csv, report_dict, write_html
 from tests.reliab_support import run_library
 
 # 4 Regions x 2 types = 8 combinations; fast lifecycle, polling and pacing.
@@ -210,10 +210,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def params_of(text: str) -> tuple[str, str]:
-    """('01', 'PROD') from a report's 'Region=01, varReferenceType=PROD'."""
-    parts = dict(p.split("=", 1) for p in text.split(", "))
-    return combo_key(parts)
+def params_of(params: Mapping[str, str]) -> tuple[str, str]:
+    """('01', 'PROD') from a report's {'Region': '01', 'varReferenceType': 'PROD'}."""
+    return combo_key(params)
 
 
 def check_report_against_oracle(report: Report, facts: Mapping[tuple[str, str], Any]) -> None:
@@ -412,12 +411,13 @@ def test_every_format_prints_the_same_numbers(two_nights: Any) -> None:
     assert "| succeeded | 3 |" in markdown and "| failed | 5 |" in markdown
     assert "| Region | 04 | 2 | 0 | 2 | 0 | 0.00 |" in markdown
 
-    text = render(report, "csv")
-    records = list(csv.reader(io.StringIO(text)))
-    summary_at = records.index(["Combinations by state"])
-    assert records[summary_at + 1] == ["state", "combinations"]
-    assert records[summary_at + 2] == ["succeeded", "3"]
-    assert records[summary_at + 3] == ["failed", "5"]
+    records = list(csv.reader(io.StringIO(render_csv(report, "summary"))))
+    assert records[:3] == [["state", "combinations"], ["succeeded", "3"], ["failed", "5"]]
+    tidy = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert Counter(r["state"] for r in tidy) == {"succeeded": 3, "failed": 5}
+    assert {(r["Region"], r["varReferenceType"], r["job_group_id"]) for r in tidy} == {
+        (*k, str(f["id"])) for k, f in night2.items()
+    }
 
 
 FORMULAS = """
@@ -460,13 +460,16 @@ def test_formula_like_values_are_neutralised_in_csv_but_raw_in_json(project: Pat
     assert len(groups_of_run(emulator, "night-1")) == 10
     report = build_report(read_ledger(load_config(config).sweep.ledger))
 
-    cells = [c for r in csv.reader(io.StringIO(render(report, "csv"))) for c in r]
-    assert not any(c[:1] in ("=", "+", "-", "@") for c in cells if c)
+    for table in ("combinations", "by-parameter", "failures"):
+        cells = [c for r in csv.reader(io.StringIO(render_csv(report, table))) for c in r]
+        assert not any(c[:1] in ("=", "+", "-", "@") for c in cells if c), table
+        assert "plain" in cells or table == "failures"
+    cells = [c for r in csv.reader(io.StringIO(render_csv(report, "combinations"))) for c in r]
     for value in ('=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)"):
-        assert "'" + value in cells  # by-parameter value cells
-    assert "plain" in cells
+        assert "'" + value in cells  # parameter columns of the tidy table
     # the failures' params text does not start with a formula character, so it is not touched
-    assert 'Note==HYPERLINK("http://x"), Region=02' in cells
+    failures = [c for r in csv.reader(io.StringIO(render_csv(report, "failures"))) for c in r]
+    assert 'Note==HYPERLINK("http://x"), Region=02' in failures
 
     data = json.loads(render(report, "json"))
     values = {r["value"] for r in data["by_param"] if r["parameter"] == "Note"}
@@ -477,24 +480,41 @@ def test_formula_like_values_are_neutralised_in_csv_but_raw_in_json(project: Pat
     )
 
 
-def test_html_report_has_every_table_and_a_chart(two_nights: Any, tmp_path: Path) -> None:
-    config, _emulator, _, _ = two_nights
+def test_html_report_opens_with_the_headline_grids_and_charts(
+    two_nights: Any, tmp_path: Path
+) -> None:
+    config, emulator, _, _ = two_nights
     rows = read_ledger(load_config(config).sweep.ledger)
-    report = build_report(rows)
+    report = build_report(rows, base_url="https://api.clouddataprep.com")
     page = write_html(report, tmp_path / "report.html", rows).read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>")
+    headline = page[: page.index('<section id="grid">')]
+    assert "nightly · run night-2" in headline and "3 / 8 succeeded" in headline
+    # the failing values, worst first, with the emulator's error text
+    assert headline.index("varReferenceType TEST</strong>: 4 of 4 failed") < headline.index(
+        "Region 04</strong>: 2 of 2 failed"
+    )
+    assert "Injected fault" in headline
     for title in (
-        "Combinations by state",
-        "Durations of finished job groups (seconds)",
+        "Status grid",
+        "The last 2 runs",
+        "Charts",
         "Failures",
         "Success rate by parameter value",
         "Changes since the previous run",
         "All runs",
     ):
         assert f"<h2>{title}</h2>" in page
-    assert page.count("<table>") == 6  # every section but the empty "in doubt" one
-    assert "<svg" in page and "night-1: 6 succeeded" in page and "night-2: 5 failed" in page
-    assert "http://" not in page.replace("http://www.w3.org", "")  # self-contained
+    # one grid cell per combination, titled with its job group and linked to its job page
+    night2 = truth(emulator, "night-2")
+    for (region, kind), fact in night2.items():
+        state = "succeeded" if fact["status"] == "Complete" else "failed"
+        title = f"Region={region}, varReferenceType={kind}: {state}, job group {fact['id']}"
+        assert f'href="https://clouddataprep.com/jobs/{fact["id"]}" title="{title}"' in page
+    assert page.count('class="grid"') == 1 and page.count('class="grid small"') == 2
+    assert page.count("<svg") == 2 and ">Combinations by state, per run<" in page
+    assert ">Duration by Region<" in page
+    assert "<script" not in page and "src=" not in page and "<link" not in page
 
 
 def test_timed_out_run_then_status_finishes_it(project: Path) -> None:
@@ -589,3 +609,63 @@ def test_verify_outputs_deleted_file_is_written_again_by_a_rerun(project: Path) 
     assert gone.exists()
     # action = "create" never overwrites: the 7 files still there got a job-id suffixed sibling
     assert len(list(out.glob("*_*.csv"))) == 7
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_html_report_renders_in_a_headless_browser(two_nights: Any, tmp_path: Path) -> None:
+    """Debian's chromium loads the page offline: headline, grid and charts are in the DOM, and
+    a screenshot is written."""
+    import subprocess
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no chromium binary on PATH (apt-get install chromium)")
+    config, _emulator, _, _ = two_nights
+    rows = read_ledger(load_config(config).sweep.ledger)
+    page = write_html(build_report(rows), tmp_path / "report.html", rows)
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    url = page.as_uri()
+    dom = subprocess.run(
+        [*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90, check=True
+    ).stdout
+    assert "3 / 8 succeeded" in dom and "nightly · run night-2" in dom
+    assert 'class="grid"' in dom and dom.count('class="dot s-failed"') >= 5
+    assert dom.count("<svg") == 2 and "Combinations by state, per run" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
+        capture_output=True,
+        timeout=90,
+        check=True,
+    )
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_of_a_sweep_file_reads_its_ledger(two_nights: Any) -> None:
+    config, _emulator, _, _ = two_nights
+    from_config = sweeper.report(config)
+    from_ledger = sweeper.report(load_config(config).sweep.ledger, config=config)
+    assert (from_config.run_id, from_config.total, from_config.succeeded) == ("night-2", 8, 3)
+    assert report_dict(from_config) == report_dict(from_ledger)
+    assert from_config.base_url == "embedded"  # the emulator has no job pages: no links
+    assert all(c["job_url"] is None for c in report_dict(from_config)["combinations"])  # type: ignore[union-attr]
