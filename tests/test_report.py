@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from sweeper.export import neutralize
 from sweeper.ledger import Event, Ledger, LedgerRow, read_ledger, rows_to_frame
-from sweeper.reporting import build_report, neutralize, render, render_csv, write_html
+from sweeper.reporting import build_report, render, render_csv, write_html
 
 FORMULA = '=HYPERLINK("http://evil","x")'
 SCRIPT = "<script>alert(1)</script> | pipe"
