@@ -56,7 +56,8 @@ class Pacer:
         window_ms = max(1, math.ceil((per_seconds + margin) * 1000))
         # The window rate is the quota; the spacing rate keeps grants one window/count apart.
         # A bucket window includes its first millisecond (Rate(1, 10) grants once per 11 ms),
-        # hence the - 1. Above 500 grants a second spacing means nothing and is left out.
+        # hence the - 1. Rounded down to whole milliseconds, so it never holds a grant back
+        # that the window rate allows. Above 500 grants a second spacing means nothing.
         burst = min(burst, count)
         spacing_ms = burst * window_ms // count
         rates = [Rate(count, window_ms)]
