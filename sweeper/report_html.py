@@ -255,6 +255,12 @@ def chart_durations(report: Report) -> str:
 # --- the page ---------------------------------------------------------------------------------
 
 
+def _without_empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table without columns that hold nothing, so the error text gets the room."""
+    empty = [c for c in frame.columns if frame[c].map(_is_missing).all() or (frame[c] == "").all()]
+    return frame.drop(columns=empty)
+
+
 def _table(frame: pd.DataFrame, report: Report) -> dict[str, Any]:
     """Header and cells for the template's table macro; job group ids carry their link."""
     import pandas as pd
@@ -315,7 +321,7 @@ def render_html(report: Report, runs: pd.DataFrame | None = None) -> str:
             state_styles=state_styles,
             chart_runs=markupsafe.Markup(chart_states_per_run(runs_frame, report.run_id)),
             chart_durations=markupsafe.Markup(chart_durations(report)),
-            failures=_table(report.failures, report),
+            failures=_table(_without_empty_columns(report.failures), report),
             by_param=_table(report.by_param, report),
             diff=_table(report.diff, report),
             unfinished=_table(report.unfinished, report),
