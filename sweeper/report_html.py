@@ -258,7 +258,8 @@ def chart_durations(report: Report) -> str:
 def _without_empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """The table without columns that hold nothing, so the error text gets the room."""
     empty = [c for c in frame.columns if frame[c].map(_is_missing).all() or (frame[c] == "").all()]
-    return frame.drop(columns=empty)
+    kept: pd.DataFrame = frame.drop(columns=empty)
+    return kept
 
 
 def _table(frame: pd.DataFrame, report: Report) -> dict[str, Any]:
