@@ -191,11 +191,12 @@ def run(
         return
     _setup_logging(verbose, quiet)
     from sweeper import commands, render
+    from sweeper.progress import RunProgress
     from sweeper.signals import SignalRelay
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
     with _exit_codes(), SignalRelay(restore=not _whole_process) as relay:
-        progress = render.Progress(quiet=quiet or as_json)
+        progress = RunProgress(verbose=verbose, quiet=quiet or as_json)
         try:
             summary = commands.run(
                 config_path,

@@ -175,6 +175,7 @@ def plan(
         rerun=rerun,
         only=only,
         limit=limit,
+        requested_as_of=given,
     )
     digest = PlanDigest(keep_all=keep_all)
     out = Path(output) if output is not None else None
@@ -253,6 +254,7 @@ def run(
                         allow_large=allow_large,
                         stop=stopper,
                         on_event=on_event,
+                        requested_as_of=given,
                     )
 
         return asyncio.run(main())

@@ -546,9 +546,20 @@ def _overrides(r: _Reader, t: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run(r: _Reader, t: Mapping[str, Any]) -> RunSettings:
+# The embedded emulator's job groups end about 1.5 s after submission (0.3 s queued, 0.8 s
+# wrangle, 0.4 s write); a first poll at the platform default of 2 s, then 3 s, would spend most
+# of a demo waiting for polls after the jobs ended. Polls are in-process there, so poll soon.
+EMBEDDED_POLL_INTERVAL = 0.25
+EMBEDDED_POLL_MAX_INTERVAL = 0.5
+
+
+def _run(r: _Reader, t: Mapping[str, Any], *, embedded: bool = False) -> RunSettings:
     r.check_keys(t, SECTION_KEYS["run"], "run")
     d = RunSettings()
+    if embedded:
+        d = RunSettings(
+            poll_interval=EMBEDDED_POLL_INTERVAL, poll_max_interval=EMBEDDED_POLL_MAX_INTERVAL
+        )
     rate = d.rate
     if "rate" in t:
         try:
@@ -558,7 +569,9 @@ def _run(r: _Reader, t: Mapping[str, Any]) -> RunSettings:
                 'a rate like "25/min", "30/1m", "2/s" or "100/h"', t["rate"], "run.rate"
             ) from None
     poll_interval = r.duration(t, "poll_interval", "run", d.poll_interval, positive=True)
-    poll_max = r.duration(t, "poll_max_interval", "run", d.poll_max_interval, positive=True)
+    poll_max = r.duration(
+        t, "poll_max_interval", "run", max(d.poll_max_interval, poll_interval), positive=True
+    )
     if poll_max < poll_interval:
         raise r.error(
             f"Must be at least run.poll_interval ({poll_interval:g}s), got {poll_max:g}s.",
@@ -646,6 +659,6 @@ def load_config(path: str | Path) -> SweepConfig:
         api=api,
         matrix=matrix,
         overrides=freeze(overrides),
-        run=_run(r, r.table(doc, "run")),
+        run=_run(r, r.table(doc, "run"), embedded=api.embedded),
         retry=_retry(r, r.table(doc, "retry")),
     )

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeper.config import SweepConfig
+from sweeper.config import Rate, SweepConfig
 from sweeper.errors import ExitCode, exit_code_for
 from sweeper.ledger import Event, Ledger, LedgerRow, utc_timestamp
-from sweeper.planner import PlannedCombination
+from sweeper.planner import PlanCounts, PlannedCombination
 from sweeper.state import State
 
 
@@ -39,6 +39,8 @@ class EventKind(str, enum.Enum):
     TIMED_OUT = "timed_out"
     CANCELED = "canceled"
     INTERRUPTED = "interrupted"
+    NOTICE = "notice"  # something decided for the user that they must hear about (plan time)
+    DECISIONS = "decisions"  # one line per decision class of the plan ("21 ... skipped")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,11 @@ class RunEvent:
     kind: EventKind
     message: str
     item: PlannedCombination | None = None
+    counts: PlanCounts | None = None  # PLAN: the plan's counts
+    rate: Rate | None = None  # PLAN: run.rate, for progress displays
+    http_status: int | None = None  # RETRY: the answer retried (429 = rate-limited)
+    state: State | None = None  # FINISHED: where the combination now stands
+    duration_s: float | None = None  # FINISHED: the job group's own duration
 
 
 @dataclass
@@ -151,5 +158,12 @@ class Journal:
         self.ledger.append(row)
         return row
 
-    def emit(self, kind: EventKind, message: str, item: PlannedCombination | None = None) -> None:
-        self._on_event(RunEvent(kind, message, item))
+    def emit(
+        self,
+        kind: EventKind,
+        message: str,
+        item: PlannedCombination | None = None,
+        **details: Any,
+    ) -> None:
+        """Tell whoever shows progress; ``details`` fill RunEvent's optional fields."""
+        self._on_event(RunEvent(kind, message, item, **details))

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import collections
 import csv
-import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from sweeper.identity import canonical_json
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
-    from sweeper.journal import RunEvent, RunSummary
+    from sweeper.journal import RunSummary
     from sweeper.refreshing import StatusResult
 
 SHOWN_AT_EACH_END = 3  # first and last combinations shown by `sweeper plan`
@@ -210,53 +208,6 @@ def summary_text(s: RunSummary) -> str:
             f"Some job groups are still running: `sweeper status {s.ledger}` follows them."
         )
     return "\n".join(lines)
-
-
-class Progress:
-    """Run events on stderr: one line per combination decision, and a live counter on a TTY."""
-
-    QUIET_KINDS = frozenset({"settle"})
-
-    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = self.stream.isatty() and not quiet
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._status_shown = False
-        self._last_draw = 0.0
-
-    def event(self, event: RunEvent) -> None:
-        self.counts[event.kind] += 1
-        if self.quiet and event.kind not in ("paused", "interrupted", "timed_out"):
-            return
-        if event.kind not in self.QUIET_KINDS:
-            self._clear()
-            print(event.message, file=self.stream, flush=True)
-        self._draw()
-
-    def _clear(self) -> None:
-        if self.tty and self._status_shown:
-            self.stream.write("\r\x1b[2K")
-            self._status_shown = False
-
-    def _draw(self) -> None:
-        if not self.tty:
-            return
-        now = time.monotonic()
-        if now - self._last_draw < 0.1:
-            return
-        self._last_draw = now
-        c = self.counts
-        self.stream.write(
-            f"\r\x1b[2K[sweeper] submitted {c['submitted'] + c['duplicate'] + c['reconciled']}"
-            f" · finished {c['finished']} · skipped {c['skip']} · retries {c['retry']}"
-            f" · in doubt {c['in_doubt']}"
-        )
-        self.stream.flush()
-        self._status_shown = True
-
-    def close(self) -> None:
-        self._clear()
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:

@@ -19,7 +19,7 @@ from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import SweepConfig
 from sweeper.errors import ApiError, AuthError
 from sweeper.journal import EventKind, Journal
-from sweeper.ledger import Event, parse_timestamp
+from sweeper.ledger import Event, parse_timestamp, state_of
 from sweeper.outputs import verify_outputs
 from sweeper.pacing import Pacer, aligned_delay, poll_delays
 from sweeper.planner import PlannedCombination, describe
@@ -136,7 +136,7 @@ class Waiter:
         """Record that ``group`` ended."""
         self.open.pop(item.combo.combo_id, None)
         fields = await finished_fields(self.config, self.client, group, item.output_paths)
-        self.journal.write(item, Event.FINISHED, **fields)
+        row = self.journal.write(item, Event.FINISHED, **fields)
         verdict = group.status + (
             f" (outputs: {fields['outputs_ok']})" if fields["outputs_ok"] else ""
         )
@@ -144,6 +144,8 @@ class Waiter:
             EventKind.FINISHED,
             f"finished {describe(item.combo)}: job group {group.id} {verdict}",
             item,
+            state=state_of(row),
+            duration_s=row.duration_s,
         )
 
     async def cancel_open(self) -> None:
