@@ -24,6 +24,7 @@ import click
 
 from sweeper import __version__
 from sweeper.errors import ConfigError, Outcome, SweeperError, exit_code_for
+from sweeper.terminal import printable, printable_lines
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("sweeper")
@@ -42,7 +43,7 @@ def _exit_codes() -> Iterator[None]:
                 err=True,
             )
         else:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {printable_lines(str(exc))}", err=True)
         sys.exit(exit_code_for(exc))
 
 
@@ -288,10 +289,13 @@ def plan(
             output=output,
         )
         parts = (planned.planner, planned.counts, planned.digest)
+        if json_out or quiet:  # the table shows them; elsewhere they must still be said
+            for notice in planned.counts.notices:
+                click.echo(f"note: {printable(notice)}", err=True)
         if json_out:
             click.echo(json.dumps(render.plan_json(*parts), indent=2))
         else:
-            click.echo(planned.message if quiet else render.plan_text(*parts))
+            click.echo(printable(planned.message) if quiet else render.plan_text(*parts))
 
 
 @cli.command()
@@ -363,8 +367,12 @@ def status(
 
 
 @cli.command()
-@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run-id", metavar="ID", help="The run to report on. Default: the latest.")
+@click.argument("target", metavar="LEDGER|CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--run-id",
+    metavar="ID",
+    help="The run to report on. Default: the latest (the run whose first row is newest).",
+)
 @click.option(
     "--format",
     "fmt",
@@ -383,10 +391,10 @@ def status(
 )
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def report(
-    ledger_path: Path, run_id: str | None, fmt: str, html_path: Path | None, as_json: bool
+    target: Path, run_id: str | None, fmt: str, html_path: Path | None, as_json: bool
 ) -> None:
-    """Summarise a ledger: states, durations, failures, success by parameter, and the diff
-    against the previous run.
+    """Summarise a ledger (or a sweep file's): states, durations, failures, success by parameter,
+    and the diff against the previous run.
 
     Reads the ledger only; safe while a run is writing it.
 
@@ -395,11 +403,12 @@ def report(
         sweeper report results/regions.csv
         sweeper report results/regions.csv --format markdown --run-id 2026-11-28
         sweeper report results/regions.csv --html results/regions.html
+        sweeper report configs/regions.toml          # the sweep file's ledger
     """
     from sweeper import commands, reporting
 
     with _exit_codes():
-        built = commands.report(ledger_path, run_id=run_id)
+        built = commands.report(target, run_id=run_id)
         click.echo(reporting.render(built, cast(reporting.Format, "json" if as_json else fmt)))
         if html_path is not None:
             reporting.write_html(built, html_path)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ConfigError
-from sweeper.ledger import LedgerRow, current_state, read_ledger
+from sweeper.ledger import LedgerRow, current_state, latest_run_id, read_ledger
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, latest_as_of, plan_message
 from sweeper.render import PlanCsv, PlanDigest
 
@@ -229,6 +229,22 @@ def run(
         rid = _run_id(run_id)
         given = parse_as_of(as_of)
         cfg = _config(config)
+        ledger_path = cfg.sweep.ledger
+        lock_path = ledger_path.with_name(ledger_path.name + ".lock")
+        if not (ledger_path.exists() and lock_path.exists()):
+            # Opening the ledger creates it and its lock file; a plan that is refused must leave
+            # no trace, so check it first. With no ledger there is no history to plan against,
+            # and the run checks the plan again under the lock.
+            history = read_ledger(ledger_path, sweep=cfg.sweep.name) if ledger_path.exists() else []
+            Planner(
+                cfg,
+                history=history,
+                run_id=rid,
+                as_of=_resolve_as_of(history, rid, given),
+                rerun=rerun,
+                only=only,
+                limit=limit,
+            ).check(allow_large=allow_large)
         client = connect(cfg, environ=env, transport=transport)
         _install_redaction(cfg, env)
         stopper = (
@@ -309,7 +325,7 @@ def status(
             raise _missing_ledger(ledger_path)
         if cfg is None or not refresh:
             history = read_ledger(ledger_path, sweep=cfg.sweep.name if cfg is not None else None)
-            rid = run_id or (history[-1].run_id if history else "")
+            rid = run_id or latest_run_id(history)
             return StatusResult(run_id=rid, rows=list(current_state(history, run_id=rid).values()))
         known = cfg
         client = connect(known, environ=env, transport=transport)
@@ -346,20 +362,31 @@ def status(
         return asyncio.run(main())
 
 
-def report(ledger: str | os.PathLike[str], *, run_id: str | None = None) -> Report:
+def _report_target(target: ConfigSource) -> tuple[SweepConfig | None, Path]:
+    """(config, ledger) for a report target: a sweep file or config, or a ledger path."""
+    if isinstance(target, SweepConfig) or Path(target).suffix == ".toml":
+        cfg = _config(target)
+        return cfg, cfg.sweep.ledger
+    return None, Path(target)
+
+
+def report(target: ConfigSource, *, run_id: str | None = None) -> Report:
     """Summarise one run of a ledger (default: the latest) against the run before it.
 
+    ``target`` is a ledger, or a sweep file (or config) whose ledger is meant, as for ``status``.
     Reads the ledger without locking it: safe while a run is writing it.
     """
     from sweeper.reporting import build_report
 
     if run_id:
         check_run_id(run_id)
-    path = Path(ledger)
+    cfg, path = _report_target(target)
     if not path.exists():
         raise _missing_ledger(path)
-    rows = read_ledger(path)
+    rows = read_ledger(path, sweep=cfg.sweep.name if cfg is not None else None)
     try:
-        return build_report(rows, run_id=run_id)
+        # The latest run is the one whose first row is newest, as `status` says; not the
+        # lexically greatest run id.
+        return build_report(rows, run_id=run_id or latest_run_id(rows) or None)
     except ValueError as exc:  # a run id the ledger does not have: bad usage
         raise ConfigError(f"{exc}; pick one with --run-id.", path=str(path)) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -212,6 +213,7 @@ class Planner:
             self._check_only_values()
         counts = PlanCounts()
         stale: dict[str, int] = {}  # old config_hash -> combinations submitted with it
+        owned = {os.path.normpath(p) for p in self.config.owned_paths}
         failed_before = 0
         seen_combo: set[str] = set()
         seen_path: dict[str, str] = {}
@@ -230,6 +232,8 @@ class Planner:
                 )
             seen_combo.add(cid)
             for path in item.output_paths:
+                if owned:
+                    self._check_not_owned(path, owned, item)
                 other = seen_path.setdefault(path, cid)
                 if other != cid:
                     raise MatrixError(
@@ -250,6 +254,26 @@ class Planner:
                 on_item(item)
         counts.notices.extend(self._notices(stale, failed_before))
         return counts
+
+    def _check_not_owned(self, path: str, owned: set[str], item: PlannedCombination) -> None:
+        """Refuse an output that would land on the ledger, its lock or the emulator's state."""
+        if "://" in path:
+            return  # a bucket or remote URI: not a file on this machine
+        local = os.path.expanduser(path)
+        if not os.path.isabs(local):
+            if not self.config.api.embedded:
+                return  # relative to the platform's own storage, not to this machine
+            local = os.path.join(self.config.root, local)
+        target = os.path.normpath(local)
+        hit = next((o for o in owned if target == o or target.startswith(o + os.sep)), None)
+        if hit is not None:
+            raise MatrixError(
+                f"the combination {describe(item.combo)} would write its output to {target}, "
+                f"which sweeper itself keeps ({hit}: the ledger, its lock file or the embedded "
+                "emulator's state). Write outputs elsewhere, e.g. results/out/{run_id}/....",
+                path=str(self.config.path),
+                key="overrides.writeSettings.path",
+            )
 
     def _notices(self, stale: Mapping[str, int], failed_before: int) -> list[str]:
         """What a user should hear before anything is sent: never decided silently."""

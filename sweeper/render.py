@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sweeper.identity import canonical_json
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
+from sweeper.terminal import printable_lines
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
     from sweeper.journal import RunSummary
@@ -70,6 +71,7 @@ def _line(item: PlannedCombination) -> str:
 
 def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
     out = [plan_message(counts, planner.config.sweep.name, planner.run_id)]
+    out.extend(f"note: {notice}" for notice in counts.notices)
     out.append(f"as of {planner.as_of.isoformat()}; ledger {planner.config.sweep.ledger}")
     axes = digest.axes
     if axes:
@@ -97,7 +99,7 @@ def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
                 f"  ... and {digest.notable_count - len(digest.notable)} more (--all lists them)"
             )
     out.append("no output paths collide; nothing was submitted.")
-    return "\n".join(out)
+    return printable_lines("\n".join(out))
 
 
 def _item_json(item: PlannedCombination) -> dict[str, Any]:
@@ -207,7 +209,7 @@ def summary_text(s: RunSummary) -> str:
         lines.append(
             f"Some job groups are still running: `sweeper status {s.ledger}` follows them."
         )
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
@@ -282,4 +284,4 @@ def status_text(result: StatusResult) -> str:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")
     if result.interrupted:
         lines.append("Interrupted. The ledger is consistent: run the same command again to resume.")
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))

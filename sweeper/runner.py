@@ -215,7 +215,7 @@ async def run_sweep(
         rate=config.run.rate,
     )
     for notice in counts.notices:
-        journal.emit(EventKind.NOTICE, notice)
+        journal.emit(EventKind.NOTICE, f"note: {notice}")
     for line in decision_lines(counts):
         journal.emit(EventKind.DECISIONS, line)
     if counts.total == 0:

@@ -39,7 +39,12 @@ async def finished_fields(
     outputs_ok, note = "", ""
     if group.status == "Complete" and config.run.verify_outputs:
         outputs_ok, note = await verify_outputs(
-            client, group.id, output_paths, created_at=parse_timestamp(group.created_at)
+            client,
+            group.id,
+            output_paths,
+            created_at=parse_timestamp(group.created_at),
+            # The embedded emulator writes relative paths under the sweep's project root.
+            base=config.root if config.api.embedded else None,
         )
     created, updated = parse_timestamp(group.created_at), parse_timestamp(group.updated_at)
     duration = round(updated - created, 3) if created is not None and updated is not None else None
