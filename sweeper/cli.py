@@ -30,6 +30,21 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 log = logging.getLogger("sweeper")
 
 
+class _IntRange(click.IntRange):
+    """An IntRange whose bounds are enforced but not shown as ``[x>=0]`` in --help (the help
+    text says them in words)."""
+
+    def _describe_range(self) -> str:
+        return ""
+
+
+class _FloatRange(click.FloatRange):
+    """A FloatRange whose bounds are enforced but not shown in --help."""
+
+    def _describe_range(self) -> str:
+        return ""
+
+
 @contextlib.contextmanager
 def _exit_codes() -> Iterator[None]:
     """The CLI's one error handler: a message on stderr, then the error's exit code."""
@@ -95,14 +110,24 @@ _only = click.option(
 )
 _limit = click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     metavar="N",
     help="Take only the first N combinations (a canary run). The full run later skips them.",
 )
 _allow_large = click.option(
     "--allow-large", is_flag=True, help="Allow more combinations than sweep.max_combinations."
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout.")
+_json = click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON document on stdout (= --format json)."
+)
+_format = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts.",
+)
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
 _verbose = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
 
@@ -143,6 +168,7 @@ def cli() -> None:
     help="On Ctrl-C or SIGTERM, also cancel the job groups still running (default: only on a "
     "second signal).",
 )
+@_format
 @_json
 @_quiet
 @_verbose
@@ -157,6 +183,7 @@ def run(
     dry_run: bool,
     wait: bool | None,
     cancel_on_interrupt: bool,
+    fmt: str,
     as_json: bool,
     quiet: bool,
     verbose: int,
@@ -173,6 +200,7 @@ def run(
         sweeper run configs/regions.toml --rerun failed
         sweeper run configs/backfill.toml --as-of 2026-11-01 --run-id backfill-oct
     """
+    as_json = as_json or fmt == "json"
     if dry_run:
         ctx = click.get_current_context()
         ctx.invoke(
@@ -304,11 +332,13 @@ def plan(
     "--config",
     "config_opt",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The sweep file, when TARGET is a ledger and it isn't found in configs/.",
+    metavar="CONFIG",
+    help="The sweep file, when LEDGER is given and its sweep file isn't found in configs/.",
 )
 @click.option("--run-id", metavar="ID", help="The run to show. Default: the latest in the ledger.")
 @click.option("--watch", is_flag=True, help="Keep refreshing until every job group has ended.")
 @click.option("--no-refresh", is_flag=True, help="Show the ledger as it is; ask the API nothing.")
+@_format
 @_json
 @_quiet
 @_verbose
@@ -318,6 +348,7 @@ def status(
     run_id: str | None,
     watch: bool,
     no_refresh: bool,
+    fmt: str,
     as_json: bool,
     quiet: bool,
     verbose: int,
@@ -334,6 +365,7 @@ def status(
         sweeper status results/regions.csv --no-refresh --json
     """
     _setup_logging(verbose, quiet)
+    as_json = as_json or fmt == "json"
     from sweeper import commands, render
     from sweeper.refreshing import StatusResult
     from sweeper.signals import SignalRelay
@@ -425,7 +457,7 @@ def emulator() -> None:
 @click.option(
     "--port",
     default=0,
-    type=click.IntRange(0, 65535),
+    type=_IntRange(0, 65535),
     show_default=True,
     help="Port (0 picks a free one).",
 )
@@ -457,14 +489,14 @@ def emulator() -> None:
 )
 @click.option(
     "--quota-user",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     default=30,
     show_default=True,
     help="runJobGroup requests per user per minute (0: no quota).",
 )
 @click.option(
     "--quota-workspace",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     default=60,
     show_default=True,
     help="runJobGroup requests per workspace per minute (0: no quota).",
@@ -478,10 +510,12 @@ def emulator() -> None:
 )
 @click.option(
     "--time-scale",
-    type=click.FloatRange(min=0.001),
+    type=_FloatRange(min=0.001),
     default=1.0,
     show_default=True,
-    help="Run the emulator's clock this many times faster.",
+    metavar="FACTOR",
+    help="How many times faster than real time the emulator's clock runs: 2 makes jobs take half "
+    "as long, 0.5 twice as long (more than 0).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
 def emulator_serve(
