@@ -30,21 +30,14 @@ from sweeper.terminal import printable
 
 SUMMARY_EVERY = 30.0  # seconds between one-line summaries when stderr is not a terminal
 
-# Events that are errors or stop the run: shown even with --quiet.
-_ERRORS = frozenset(
-    {
-        EventKind.REJECTED,
-        EventKind.IN_DOUBT,
-        EventKind.NOT_SENT,
-        EventKind.PAUSED,
-        EventKind.INTERRUPTED,
-        EventKind.TIMED_OUT,
-        EventKind.CANCELED,
-        # Notices are decisions taken for the user (a stored as-of kept, nothing to rerun, a
-        # changed template); a quiet run must still not take them silently.
-        EventKind.NOTICE,
-    }
+# Shown even with --quiet (and --json): the run itself is in trouble or stops, or a decision was
+# taken for the user (a stored as-of kept, nothing to rerun, a changed template) that must not be
+# taken silently. Each combination's failure is in the summary that ends every run.
+_QUIET = frozenset(
+    {EventKind.PAUSED, EventKind.INTERRUPTED, EventKind.TIMED_OUT, EventKind.NOTICE}
 )
+# Errors of one combination: shown as lines in both the live and the plain form.
+_ERRORS = _QUIET | {EventKind.REJECTED, EventKind.IN_DOUBT, EventKind.NOT_SENT, EventKind.CANCELED}
 # Shown as lines by default, besides errors: what the run decided, and each outcome.
 _PLAIN = _ERRORS | {
     EventKind.PLAN,
@@ -299,10 +292,15 @@ class RunProgress:
     def _shown(self, event: RunEvent) -> bool:
         if self.verbose:
             return True
-        if event.kind is EventKind.FINISHED and event.state is not State.SUCCEEDED:
-            return True  # a failed job group is an error in every mode
         if self.quiet:
-            return event.kind in _ERRORS
+            return event.kind in _QUIET
+        if event.kind is EventKind.FINISHED and event.state is not State.SUCCEEDED:
+            return True  # a failed job group is an error
+        if event.kind is EventKind.SUBMIT and self.live is None:
+            # A resend or a rerun says why a request is sent again; a first submission is
+            # covered by the plan's decision lines.
+            item = event.item
+            return item is not None and (item.action.value != "submit" or item.generation > 0)
         return event.kind in (_LIVE if self.live is not None else _PLAIN)
 
     def _tick(self, period: float) -> None:
