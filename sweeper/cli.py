@@ -24,12 +24,28 @@ import click
 
 from sweeper import __version__
 from sweeper.errors import ConfigError, Outcome, SweeperError, exit_code_for
+from sweeper.terminal import printable, printable_lines
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 log = logging.getLogger("sweeper")
 
 
 ERROR_SCHEMA = "sweeper.error/1"
+
+
+class _IntRange(click.IntRange):
+    """An IntRange whose bounds are enforced but not shown as ``[x>=0]`` in --help (the help
+    text says them in words)."""
+
+    def _describe_range(self) -> str:
+        return ""
+
+
+class _FloatRange(click.FloatRange):
+    """A FloatRange whose bounds are enforced but not shown in --help."""
+
+    def _describe_range(self) -> str:
+        return ""
 
 
 @contextlib.contextmanager
@@ -47,11 +63,11 @@ def _exit_codes(as_json: bool = False) -> Iterator[None]:
             message = "Interrupted. The ledger is consistent: run the same command again to resume."
             click.echo(message, err=True)
         else:
-            message = str(exc)
+            message = printable_lines(str(exc))
             click.echo(f"Error: {message}", err=True)
         code = exit_code_for(exc)
         if as_json:
-            error = {"type": type(exc).__name__, "message": message}
+            error = {"type": type(exc).__name__, "message": str(exc)}
             document = {"schema": ERROR_SCHEMA, "error": error, "exit_code": int(code)}
             click.echo(json.dumps(document, indent=2))
         sys.exit(code)
@@ -105,14 +121,24 @@ _only = click.option(
 )
 _limit = click.option(
     "--limit",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     metavar="N",
     help="Take only the first N combinations (a canary run). The full run later skips them.",
 )
 _allow_large = click.option(
     "--allow-large", is_flag=True, help="Allow more combinations than sweep.max_combinations."
 )
-_json = click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout.")
+_json = click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON document on stdout (= --format json)."
+)
+_format = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table for people, json for scripts.",
+)
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
 _verbose = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
 
@@ -153,6 +179,7 @@ def cli() -> None:
     help="On Ctrl-C or SIGTERM, also cancel the job groups still running (default: only on a "
     "second signal).",
 )
+@_format
 @_json
 @_quiet
 @_verbose
@@ -167,6 +194,7 @@ def run(
     dry_run: bool,
     wait: bool | None,
     cancel_on_interrupt: bool,
+    fmt: str,
     as_json: bool,
     quiet: bool,
     verbose: int,
@@ -183,6 +211,7 @@ def run(
         sweeper run configs/regions.toml --rerun failed
         sweeper run configs/backfill.toml --as-of 2026-11-01 --run-id backfill-oct
     """
+    as_json = as_json or fmt == "json"
     if dry_run:
         ctx = click.get_current_context()
         ctx.invoke(
@@ -202,11 +231,12 @@ def run(
         return
     _setup_logging(verbose, quiet)
     from sweeper import commands, render
+    from sweeper.progress import RunProgress
     from sweeper.signals import SignalRelay
 
     # The relay spans the summary too: a late second Ctrl-C must not cut it off mid-line.
     with _exit_codes(as_json), SignalRelay(restore=not _whole_process) as relay:
-        progress = render.Progress(quiet=quiet or as_json)
+        progress = RunProgress(verbose=verbose, quiet=quiet or as_json)
         try:
             summary = commands.run(
                 config_path,
@@ -299,10 +329,13 @@ def plan(
             output=output,
         )
         parts = (planned.planner, planned.counts, planned.digest)
+        if json_out or quiet:  # the table shows them; elsewhere they must still be said
+            for notice in planned.counts.notices:
+                click.echo(f"note: {printable(notice)}", err=True)
         if json_out:
             click.echo(json.dumps(render.plan_json(*parts), indent=2))
         else:
-            click.echo(planned.message if quiet else render.plan_text(*parts))
+            click.echo(printable(planned.message) if quiet else render.plan_text(*parts))
 
 
 @cli.command()
@@ -311,11 +344,13 @@ def plan(
     "--config",
     "config_opt",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The sweep file, when TARGET is a ledger and it isn't found in configs/.",
+    metavar="CONFIG",
+    help="The sweep file, when LEDGER is given and its sweep file isn't found in configs/.",
 )
 @click.option("--run-id", metavar="ID", help="The run to show. Default: the latest in the ledger.")
 @click.option("--watch", is_flag=True, help="Keep refreshing until every job group has ended.")
 @click.option("--no-refresh", is_flag=True, help="Show the ledger as it is; ask the API nothing.")
+@_format
 @_json
 @_quiet
 @_verbose
@@ -325,6 +360,7 @@ def status(
     run_id: str | None,
     watch: bool,
     no_refresh: bool,
+    fmt: str,
     as_json: bool,
     quiet: bool,
     verbose: int,
@@ -341,6 +377,7 @@ def status(
         sweeper status results/regions.csv --no-refresh --json
     """
     _setup_logging(verbose, quiet)
+    as_json = as_json or fmt == "json"
     from sweeper import commands, render
     from sweeper.refreshing import StatusResult
     from sweeper.signals import SignalRelay
@@ -382,7 +419,11 @@ def status(
     help="The sweep file, when TARGET is a ledger and it isn't found in configs/ "
     "(its base URL links job groups to their job pages).",
 )
-@click.option("--run-id", metavar="ID", help="The run to report on. Default: the latest.")
+@click.option(
+    "--run-id",
+    metavar="ID",
+    help="The run to report on. Default: the latest (the run whose first row is newest).",
+)
 @click.option(
     "--format",
     "fmt",
@@ -424,8 +465,8 @@ def report(
     html_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Summarise a ledger: states, durations, failures, success by parameter, and the diff
-    against the previous run.
+    """Summarise a ledger (or a sweep file's): states, durations, failures, success by parameter,
+    and the diff against the previous run.
 
     TARGET is a ledger or the sweep file whose ledger to read. Reads the ledger only; safe
     while a run is writing it.
@@ -436,6 +477,7 @@ def report(
         sweeper report configs/regions.toml --html results/regions.html
         sweeper report results/regions.csv --format markdown --run-id 2026-11-28
         sweeper report results/regions.csv --format csv --table failures --output failures.csv
+        sweeper report configs/regions.toml          # the sweep file's ledger
     """
     from sweeper import commands, reporting
     from sweeper.export import write_atomic
@@ -470,7 +512,7 @@ def emulator() -> None:
 @click.option(
     "--port",
     default=0,
-    type=click.IntRange(0, 65535),
+    type=_IntRange(0, 65535),
     show_default=True,
     help="Port (0 picks a free one).",
 )
@@ -502,14 +544,14 @@ def emulator() -> None:
 )
 @click.option(
     "--quota-user",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     default=30,
     show_default=True,
     help="runJobGroup requests per user per minute (0: no quota).",
 )
 @click.option(
     "--quota-workspace",
-    type=click.IntRange(min=0),
+    type=_IntRange(min=0),
     default=60,
     show_default=True,
     help="runJobGroup requests per workspace per minute (0: no quota).",
@@ -523,10 +565,12 @@ def emulator() -> None:
 )
 @click.option(
     "--time-scale",
-    type=click.FloatRange(min=0.001),
+    type=_FloatRange(min=0.001),
     default=1.0,
     show_default=True,
-    help="Run the emulator's clock this many times faster.",
+    metavar="FACTOR",
+    help="How many times faster than real time the emulator's clock runs: 2 makes jobs take half "
+    "as long, 0.5 twice as long (more than 0).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
 def emulator_serve(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ConfigError
-from sweeper.ledger import LedgerRow, current_state, read_ledger
+from sweeper.ledger import LedgerRow, current_state, latest_run_id, read_ledger
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, latest_as_of, plan_message
 from sweeper.render import PlanCsv, PlanDigest
 
@@ -175,6 +175,7 @@ def plan(
         rerun=rerun,
         only=only,
         limit=limit,
+        requested_as_of=given,
     )
     digest = PlanDigest(keep_all=keep_all)
     out = Path(output) if output is not None else None
@@ -231,6 +232,22 @@ def run(
         rid = _run_id(run_id)
         given = parse_as_of(as_of)
         cfg = _config(config)
+        ledger_path = cfg.sweep.ledger
+        lock_path = ledger_path.with_name(ledger_path.name + ".lock")
+        if not (ledger_path.exists() and lock_path.exists()):
+            # Opening the ledger creates it and its lock file; a plan that is refused must leave
+            # no trace, so check it first. With no ledger there is no history to plan against,
+            # and the run checks the plan again under the lock.
+            history = read_ledger(ledger_path, sweep=cfg.sweep.name) if ledger_path.exists() else []
+            Planner(
+                cfg,
+                history=history,
+                run_id=rid,
+                as_of=_resolve_as_of(history, rid, given),
+                rerun=rerun,
+                only=only,
+                limit=limit,
+            ).check(allow_large=allow_large)
         client = connect(cfg, environ=env, transport=transport)
         _install_redaction(cfg, env)
         stopper = (
@@ -256,6 +273,7 @@ def run(
                         allow_large=allow_large,
                         stop=stopper,
                         on_event=on_event,
+                        requested_as_of=given,
                     )
 
         return asyncio.run(main())
@@ -310,7 +328,7 @@ def status(
             raise _missing_ledger(ledger_path)
         if cfg is None or not refresh:
             history = read_ledger(ledger_path, sweep=cfg.sweep.name if cfg is not None else None)
-            rid = run_id or (history[-1].run_id if history else "")
+            rid = run_id or latest_run_id(history)
             rows = list(current_state(history, run_id=rid).values())
             base_url = cfg.api.base_url if cfg is not None else None
             return StatusResult(run_id=rid, rows=rows, base_url=base_url)
@@ -372,6 +390,8 @@ def report(
     rows = read_ledger(path, sweep=cfg.sweep.name if cfg is not None else None)
     base_url = cfg.api.base_url if cfg is not None else None
     try:
-        return build_report(rows, run_id=run_id, base_url=base_url)
+        # The latest run is the one whose first row is newest, as `status` says; not the
+        # lexically greatest run id.
+        return build_report(rows, run_id=run_id or latest_run_id(rows) or None, base_url=base_url)
     except ValueError as exc:  # a run id the ledger does not have: bad usage
         raise ConfigError(f"{exc}; pick one with --run-id.", path=str(path)) from None

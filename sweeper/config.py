@@ -2,14 +2,17 @@
 
 Path rule: *inputs* (``rows``/``csv``/``glob`` files of the matrix, ``api.token_file``,
 ``api.ca_bundle``) are relative to the config file's directory, so a config and its data travel
-together; *outputs* (``sweep.ledger``) are relative to the working directory, like every other
-output of a command. Mappings in the result are read-only (``MappingProxyType``, tuples for lists).
+together; *outputs* (``sweep.ledger``, and the embedded emulator's state and outputs) are relative
+to the sweep's *project root*: the config file's directory, or its parent when that directory is
+named ``configs``. Either way the working directory does not matter. Mappings in the result are
+read-only (``MappingProxyType``, tuples for lists).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -47,7 +50,7 @@ class Rate:
 class SweepSettings:
     name: str  # [A-Za-z0-9_.-]+; names the ledger and seeds execution ids
     dataset: int  # wrangledDataset.id
-    ledger: Path  # default: results/<name>.csv relative to the working directory
+    ledger: Path  # absolute; default: results/<name>.csv under the project root
     max_combinations: int = 10_000
 
 
@@ -95,6 +98,9 @@ class RetrySettings:
     breaker_max_opens: int = 3  # the run ends (resumably) when the breaker opens this often
 
 
+EMBEDDED_STATE = Path("results/.emulator/state.sqlite")  # under the sweep's project root
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     path: Path
@@ -108,6 +114,33 @@ class SweepConfig:
     @property
     def config_hash(self) -> str:
         return _config_hash(self.sweep.dataset, thaw(self.overrides))
+
+    @property
+    def root(self) -> Path:
+        """The project root that outputs are relative to (see ``project_root``)."""
+        return project_root(self.path)
+
+    @property
+    def embedded_state(self) -> Path:
+        """The embedded emulator's SQLite state file for this sweep."""
+        return self.root / EMBEDDED_STATE
+
+    @property
+    def owned_paths(self) -> tuple[Path, ...]:
+        """Files and folders sweeper itself writes for this sweep, which no job output may
+        overwrite: the ledger, its lock file, and (embedded) the emulator's state folder."""
+        ledger = self.sweep.ledger
+        owned = [ledger, ledger.with_name(ledger.name + ".lock")]
+        if self.api.embedded:
+            owned.append(self.embedded_state.parent)
+        return tuple(owned)
+
+
+def project_root(config_path: Path) -> Path:
+    """Where a sweep's outputs are relative to: the config file's directory, or its parent when
+    that directory is named ``configs`` (so ``configs/x.toml`` writes ``results/`` beside it)."""
+    folder = config_path.absolute().parent
+    return folder.parent if folder.name == "configs" else folder
 
 
 # ---------------------------------------------------------------- the schema
@@ -452,7 +485,8 @@ def _sweep(r: _Reader, t: Mapping[str, Any]) -> SweepSettings:
     if not isinstance(ledger_raw, str) or not ledger_raw:
         raise r._want("a file path (string)", ledger_raw, "sweep.ledger")
     max_combinations = r.integer(t, "max_combinations", "sweep", 10_000, 1)
-    return SweepSettings(name, dataset, Path(ledger_raw).expanduser(), max_combinations)
+    ledger = Path(os.path.normpath(project_root(r.path) / Path(ledger_raw).expanduser()))
+    return SweepSettings(name, dataset, ledger, max_combinations)
 
 
 def _api(r: _Reader, t: Mapping[str, Any]) -> ApiSettings:
@@ -546,9 +580,20 @@ def _overrides(r: _Reader, t: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _run(r: _Reader, t: Mapping[str, Any]) -> RunSettings:
+# The embedded emulator's job groups end about 1.5 s after submission (0.3 s queued, 0.8 s
+# wrangle, 0.4 s write); a first poll at the platform default of 2 s, then 3 s, would spend most
+# of a demo waiting for polls after the jobs ended. Polls are in-process there, so poll soon.
+EMBEDDED_POLL_INTERVAL = 0.25
+EMBEDDED_POLL_MAX_INTERVAL = 0.5
+
+
+def _run(r: _Reader, t: Mapping[str, Any], *, embedded: bool = False) -> RunSettings:
     r.check_keys(t, SECTION_KEYS["run"], "run")
     d = RunSettings()
+    if embedded:
+        d = RunSettings(
+            poll_interval=EMBEDDED_POLL_INTERVAL, poll_max_interval=EMBEDDED_POLL_MAX_INTERVAL
+        )
     rate = d.rate
     if "rate" in t:
         try:
@@ -558,7 +603,9 @@ def _run(r: _Reader, t: Mapping[str, Any]) -> RunSettings:
                 'a rate like "25/min", "30/1m", "2/s" or "100/h"', t["rate"], "run.rate"
             ) from None
     poll_interval = r.duration(t, "poll_interval", "run", d.poll_interval, positive=True)
-    poll_max = r.duration(t, "poll_max_interval", "run", d.poll_max_interval, positive=True)
+    poll_max = r.duration(
+        t, "poll_max_interval", "run", max(d.poll_max_interval, poll_interval), positive=True
+    )
     if poll_max < poll_interval:
         raise r.error(
             f"Must be at least run.poll_interval ({poll_interval:g}s), got {poll_max:g}s.",
@@ -646,6 +693,6 @@ def load_config(path: str | Path) -> SweepConfig:
         api=api,
         matrix=matrix,
         overrides=freeze(overrides),
-        run=_run(r, r.table(doc, "run")),
+        run=_run(r, r.table(doc, "run"), embedded=api.embedded),
         retry=_retry(r, r.table(doc, "retry")),
     )

@@ -10,23 +10,29 @@ import httpx
 
 from sweeper.auth import build_auth, build_verify
 from sweeper.client import DataprepClient
-from sweeper.config import SweepConfig
+from sweeper.config import EMBEDDED_STATE, SweepConfig
 
 EMBEDDED_BASE_URL = "http://embedded.emulator"
-EMBEDDED_STATE = Path("results/.emulator/state.sqlite")
-
-
-def embedded_transport(state_path: Path = EMBEDDED_STATE) -> httpx.AsyncBaseTransport:
+def embedded_transport(
+    state_path: Path = EMBEDDED_STATE,
+    *,
+    output_root: Path | None = None,
+    protected: tuple[Path, ...] = (),
+) -> httpx.AsyncBaseTransport:
     """An in-process transport to the emulator, its state kept in SQLite across runs.
 
-    Outputs land relative to the working directory, where a relative writeSettings path such as
-    ``results/out/...`` points.
+    Outputs land under ``output_root`` (default: the working directory), where a relative
+    writeSettings path such as ``results/out/...`` points; none may land on ``protected``.
     """
     from sweeper.emulator import EmulatorSettings, create_app
 
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    app = create_app(EmulatorSettings(state_path=state_path, output_root=Path.cwd()))
-    return httpx.ASGITransport(app=app)
+    settings = EmulatorSettings(
+        state_path=state_path,
+        output_root=output_root if output_root is not None else Path.cwd(),
+        protected_paths=protected,
+    )
+    return httpx.ASGITransport(app=create_app(settings))
 
 
 def connect(
@@ -43,7 +49,10 @@ def connect(
         return DataprepClient(
             EMBEDDED_BASE_URL,
             auth=auth,
-            transport=transport or embedded_transport(),
+            transport=transport
+            or embedded_transport(
+                config.embedded_state, output_root=config.root, protected=config.owned_paths
+            ),
             timeout=api.timeout,
         )
     return DataprepClient(

@@ -12,10 +12,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from sweeper.config import SweepConfig
+from sweeper.config import Rate, SweepConfig
 from sweeper.errors import ExitCode, exit_code_for
 from sweeper.ledger import Event, Ledger, LedgerRow, utc_timestamp
-from sweeper.planner import PlannedCombination
+from sweeper.planner import PlanCounts, PlannedCombination
 from sweeper.state import State
 
 RUN_SCHEMA = "sweeper.run/1"
@@ -41,6 +41,8 @@ class EventKind(str, enum.Enum):
     TIMED_OUT = "timed_out"
     CANCELED = "canceled"
     INTERRUPTED = "interrupted"
+    NOTICE = "notice"  # something decided for the user that they must hear about (plan time)
+    DECISIONS = "decisions"  # one line per decision class of the plan ("21 ... skipped")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class RunEvent:
     kind: EventKind
     message: str
     item: PlannedCombination | None = None
+    counts: PlanCounts | None = None  # PLAN: the plan's counts
+    rate: Rate | None = None  # PLAN: run.rate, for progress displays
+    http_status: int | None = None  # RETRY: the answer retried (429 = rate-limited)
+    state: State | None = None  # FINISHED: where the combination now stands
+    duration_s: float | None = None  # FINISHED: the job group's own duration
 
 
 class Failure(NamedTuple):
@@ -166,5 +173,12 @@ class Journal:
         self.ledger.append(row)
         return row
 
-    def emit(self, kind: EventKind, message: str, item: PlannedCombination | None = None) -> None:
-        self._on_event(RunEvent(kind, message, item))
+    def emit(
+        self,
+        kind: EventKind,
+        message: str,
+        item: PlannedCombination | None = None,
+        **details: Any,
+    ) -> None:
+        """Tell whoever shows progress; ``details`` fill RunEvent's optional fields."""
+        self._on_event(RunEvent(kind, message, item, **details))

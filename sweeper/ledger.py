@@ -645,6 +645,16 @@ def current_state(rows: Iterable[LedgerRow], *, run_id: str | None = None) -> di
     return state
 
 
+def latest_run_id(rows: Iterable[LedgerRow]) -> str:
+    """The latest run of a ledger: the one whose first row is newest ("" for no rows).
+
+    Rows are appended in time order, so that is the run seen first last. A resumed older run
+    (its rows after a newer run's) stays older; run ids are names, never compared as text.
+    """
+    first_seen = dict.fromkeys(row.run_id for row in rows)
+    return next(reversed(first_seen), "") if first_seen else ""
+
+
 def state_of(row: LedgerRow | None) -> State:
     """Where a combination stands, from its last row in the run (None: no row, PENDING)."""
     if row is None:

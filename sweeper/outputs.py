@@ -70,13 +70,15 @@ async def verify_outputs(
     expected: Sequence[str],
     *,
     created_at: float | None = None,
+    base: Path | None = None,
 ) -> tuple[str, str]:
     """("yes" | "no" | "unchecked", note) for the outputs of one Complete job group.
 
     A local path must exist on this machine and be newer than the group, so a file left by an
     earlier run does not pass. A bucket path (``gs://``, ``s3://``...) is looked up in the
     platform's ``/outputs`` listing of this very group; without that listing it is not checked,
-    and the note says so.
+    and the note says so. A relative local path is taken relative to ``base`` (default: the
+    working directory).
     """
     if not expected:
         return "unchecked", "no writeSettings in the request: outputs not checked"
@@ -84,7 +86,8 @@ async def verify_outputs(
     missing: list[str] = []
     for path in expected:
         if "://" not in path:
-            ok = await asyncio.to_thread(_fresh_local, Path(path), created_at)
+            local = base / path if base is not None else Path(path)
+            ok = await asyncio.to_thread(_fresh_local, local, created_at)
         else:
             if listed is None:
                 try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,14 @@ from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import execution_id
 from sweeper.ledger import Event, LedgerRow, current_state, state_of
-from sweeper.matrix import Combination, combinations_bound, expand_matrix, parse_only, select
+from sweeper.matrix import (
+    Combination,
+    combinations_bound,
+    did_you_mean,
+    expand_matrix,
+    parse_only,
+    select,
+)
 from sweeper.state import State
 from sweeper.template import RequestTemplate
 
@@ -56,10 +64,15 @@ class PlannedCombination(NamedTuple):
 class PlanCounts:
     total: int = 0
     by_action: dict[str, int] = field(default_factory=lambda: {a.value: 0 for a in Action})
+    # (action, state of the last row in this run) -> combinations: one line per class on resume
+    by_class: dict[tuple[str, str], int] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)  # things the user should know (plan, run)
 
     def add(self, item: PlannedCombination) -> None:
         self.total += 1
         self.by_action[item.action.value] += 1
+        key = (item.action.value, state_of(item.last).value)
+        self.by_class[key] = self.by_class.get(key, 0) + 1
 
 
 def _decide(
@@ -128,6 +141,7 @@ class Planner:
         rerun: str = "incomplete",
         only: Sequence[str] = (),
         limit: int | None = None,
+        requested_as_of: datetime | None = None,
     ) -> None:
         if rerun not in RERUN_POLICIES:
             raise ConfigError(f"--rerun must be one of {', '.join(RERUN_POLICIES)}, not {rerun!r}.")
@@ -137,7 +151,9 @@ class Planner:
         self.rerun = rerun
         self.only = parse_only(only, config.matrix)
         self.limit = limit
+        self.requested_as_of = requested_as_of  # --as-of as given; None when not given
         self.state = current_state(history, run_id=run_id)
+        self.stored_as_of = latest_as_of(history, run_id)
 
     def combinations(self) -> Iterator[Combination]:
         combos = expand_matrix(
@@ -193,7 +209,12 @@ class Planner:
                 path=str(self.config.path),
                 key="sweep.max_combinations",
             )
+        if self.only:
+            self._check_only_values()
         counts = PlanCounts()
+        stale: dict[str, int] = {}  # old config_hash -> combinations submitted with it
+        owned = {os.path.normpath(p) for p in self.config.owned_paths}
+        failed_before = 0
         seen_combo: set[str] = set()
         seen_path: dict[str, str] = {}
         for item in self:
@@ -211,6 +232,8 @@ class Planner:
                 )
             seen_combo.add(cid)
             for path in item.output_paths:
+                if owned:
+                    self._check_not_owned(path, owned, item)
                 other = seen_path.setdefault(path, cid)
                 if other != cid:
                     raise MatrixError(
@@ -221,9 +244,85 @@ class Planner:
                         key="overrides.writeSettings.path",
                     )
             counts.add(item)
+            last = item.last
+            if last is not None:
+                if last.config_hash and last.config_hash != self.config.config_hash:
+                    stale[last.config_hash] = stale.get(last.config_hash, 0) + 1
+                if state_of(last).is_failure:
+                    failed_before += 1
             if on_item is not None:
                 on_item(item)
+        counts.notices.extend(self._notices(stale, failed_before))
         return counts
+
+    def _check_not_owned(self, path: str, owned: set[str], item: PlannedCombination) -> None:
+        """Refuse an output that would land on the ledger, its lock or the emulator's state."""
+        if "://" in path:
+            return  # a bucket or remote URI: not a file on this machine
+        local = os.path.expanduser(path)
+        if not os.path.isabs(local):
+            if not self.config.api.embedded:
+                return  # relative to the platform's own storage, not to this machine
+            local = os.path.join(self.config.root, local)
+        target = os.path.normpath(local)
+        hit = next((o for o in owned if target == o or target.startswith(o + os.sep)), None)
+        if hit is not None:
+            raise MatrixError(
+                f"the combination {describe(item.combo)} would write its output to {target}, "
+                f"which sweeper itself keeps ({hit}: the ledger, its lock file or the embedded "
+                "emulator's state). Write outputs elsewhere, e.g. results/out/{run_id}/....",
+                path=str(self.config.path),
+                key="overrides.writeSettings.path",
+            )
+
+    def _notices(self, stale: Mapping[str, int], failed_before: int) -> list[str]:
+        """What a user should hear before anything is sent: never decided silently."""
+        out: list[str] = []
+        given, stored = self.requested_as_of, self.stored_as_of
+        if given is not None and stored is not None and given != stored:
+            out.append(
+                f"run {self.run_id} already has as-of {stored.isoformat()} in the ledger; using "
+                f"it, not --as-of {given.isoformat()} (a run's dates must not drift; pass a new "
+                "--run-id for another as-of)."
+            )
+        if self.rerun == "failed" and failed_before == 0:
+            out.append(
+                f"--rerun failed: nothing failed in run {self.run_id}, so there is nothing to "
+                "rerun."
+            )
+        if stale:
+            n = sum(stale.values())
+            old = ", ".join(sorted(stale))
+            out.append(
+                f"the request template (sweep.dataset and [overrides]) changed since {n} "
+                f"combination{'s' if n != 1 else ''} of run {self.run_id} were submitted: "
+                f"config_hash {old} in the ledger, {self.config.config_hash} now. Those were "
+                "submitted with the old template and are not sent again (--rerun all, or a new "
+                "--run-id, sends them with the new one)."
+            )
+        return out
+
+    def _check_only_values(self) -> None:
+        """Refuse an --only value no combination has (a typo would select nothing, exit 0)."""
+        seen: dict[str, set[str]] = {key: set() for key in self.only}
+        combos = expand_matrix(
+            self.config.matrix, dataset=self.config.sweep.dataset, as_of=self.as_of
+        )
+        for combo in combos:
+            for key, values in seen.items():
+                value = combo.params.get(key)
+                if value is not None:
+                    values.add(value)
+        for key, wanted in self.only.items():
+            valid = sorted(seen[key])
+            for value in sorted(wanted):
+                if value not in seen[key]:
+                    shown = ", ".join(valid[:20]) + (", ..." if len(valid) > 20 else "")
+                    raise ConfigError(
+                        f"--only {key}={value}: no combination has {key} = {value!r}."
+                        f"{did_you_mean(value, valid)} Values of {key}: {shown}.",
+                        key="--only",
+                    )
 
     def _in_sweep_file(self, exc: MatrixError) -> MatrixError:
         """A template error naming the sweep file, so the message says where to fix it."""
@@ -271,6 +370,32 @@ def plan_message(counts: PlanCounts, sweep: str, run_id: str) -> str:
     ]
     tail = "" if todo or a["wait"] else " — nothing new to submit"
     return f"{head}: " + ", ".join(parts) + tail
+
+
+_VERBS = {
+    "submit": "to submit",
+    "resend": "to resend with the same execution id",
+    "wait": "to wait on",
+    "skip": "skipped",
+}
+
+
+def decision_lines(counts: PlanCounts) -> list[str]:
+    """One line per decision class (``21 already succeeded, skipped``), largest first."""
+    out = []
+    for (action, state), n in sorted(counts.by_class.items(), key=lambda kv: -kv[1]):
+        what = {
+            State.PENDING.value: "new in this run",
+            State.SUCCEEDED.value: "already succeeded",
+        }.get(state, State(state).label)
+        verb = _VERBS[action]
+        if action == "submit" and state != State.PENDING.value:
+            verb = "to run again (new generation)"
+        hint = ""
+        if action == "skip" and State(state).is_failure:
+            hint = " (--rerun failed runs them again)"
+        out.append(f"{n} {what}, {verb}{hint}")
+    return out
 
 
 def latest_as_of(history: Sequence[LedgerRow], run_id: str) -> datetime | None:

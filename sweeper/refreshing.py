@@ -13,7 +13,15 @@ from pathlib import Path
 from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig, load_config
 from sweeper.errors import ApiError, AuthError, ExitCode, exit_code_for
-from sweeper.ledger import Event, Ledger, LedgerRow, current_state, state_of, utc_timestamp
+from sweeper.ledger import (
+    Event,
+    Ledger,
+    LedgerRow,
+    current_state,
+    latest_run_id,
+    state_of,
+    utc_timestamp,
+)
 from sweeper.pacing import Pacer, poll_delays
 from sweeper.planner import Planner, latest_as_of
 from sweeper.polling import StatusPoller
@@ -105,7 +113,7 @@ async def refresh(
     until ``run.timeout`` has passed (``timed_out`` is then set on the result).
     """
     history = ledger.history()
-    rid = run_id or (history[-1].run_id if history else "")
+    rid = run_id or latest_run_id(history)
     result = StatusResult(run_id=rid, rows=[], sweep_file=config.path)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
     poller = StatusPoller(client, gate)

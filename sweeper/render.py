@@ -5,20 +5,19 @@ from __future__ import annotations
 import collections
 import csv
 import io
-import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from sweeper.export import AtomicFile, neutralize
 from sweeper.identity import canonical_json
 from sweeper.links import job_url
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, describe, plan_message
 from sweeper.state import State
+from sweeper.terminal import printable_lines
 
 if TYPE_CHECKING:  # `sweeper plan` renders without loading the HTTP stack
-    from sweeper.journal import RunEvent, RunSummary
+    from sweeper.journal import RunSummary
     from sweeper.refreshing import StatusResult
 
 PLAN_SCHEMA = "sweeper.plan/1"
@@ -77,6 +76,7 @@ def _line(item: PlannedCombination) -> str:
 
 def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
     out = [plan_message(counts, planner.config.sweep.name, planner.run_id)]
+    out.extend(f"note: {notice}" for notice in counts.notices)
     out.append(f"as of {planner.as_of.isoformat()}; ledger {planner.config.sweep.ledger}")
     axes = digest.axes
     if axes:
@@ -104,7 +104,7 @@ def plan_text(planner: Planner, counts: PlanCounts, digest: PlanDigest) -> str:
                 f"  ... and {digest.notable_count - len(digest.notable)} more (--all lists them)"
             )
     out.append("no output paths collide; nothing was submitted.")
-    return "\n".join(out)
+    return printable_lines("\n".join(out))
 
 
 def _item_json(item: PlannedCombination) -> dict[str, Any]:
@@ -235,54 +235,7 @@ def summary_text(s: RunSummary) -> str:
         lines.append(
             f"Some job groups are still running: `sweeper status {s.ledger}` follows them."
         )
-    return "\n".join(lines)
-
-
-class Progress:
-    """Run events on stderr: one line per combination decision, and a live counter on a TTY."""
-
-    QUIET_KINDS = frozenset({"settle"})
-
-    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = self.stream.isatty() and not quiet
-        self.counts: collections.Counter[str] = collections.Counter()
-        self._status_shown = False
-        self._last_draw = 0.0
-
-    def event(self, event: RunEvent) -> None:
-        self.counts[event.kind] += 1
-        if self.quiet and event.kind not in ("paused", "interrupted", "timed_out"):
-            return
-        if event.kind not in self.QUIET_KINDS:
-            self._clear()
-            print(event.message, file=self.stream, flush=True)
-        self._draw()
-
-    def _clear(self) -> None:
-        if self.tty and self._status_shown:
-            self.stream.write("\r\x1b[2K")
-            self._status_shown = False
-
-    def _draw(self) -> None:
-        if not self.tty:
-            return
-        now = time.monotonic()
-        if now - self._last_draw < 0.1:
-            return
-        self._last_draw = now
-        c = self.counts
-        self.stream.write(
-            f"\r\x1b[2K[sweeper] submitted {c['submitted'] + c['duplicate'] + c['reconciled']}"
-            f" · finished {c['finished']} · skipped {c['skip']} · retries {c['retry']}"
-            f" · in doubt {c['in_doubt']}"
-        )
-        self.stream.flush()
-        self._status_shown = True
-
-    def close(self) -> None:
-        self._clear()
+    return printable_lines("\n".join(lines))
 
 
 def table(rows: Iterable[Iterable[Any]], headers: Iterable[str]) -> str:
@@ -367,4 +320,4 @@ def status_text(result: StatusResult) -> str:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")
     if result.interrupted:
         lines.append("Interrupted. The ledger is consistent: run the same command again to resume.")
-    return "\n".join(lines)
+    return printable_lines("\n".join(lines))

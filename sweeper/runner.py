@@ -25,7 +25,15 @@ from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig
 from sweeper.journal import EventKind, Failure, Journal, RunEvent, RunSummary
 from sweeper.ledger import Ledger, current_state, state_of
-from sweeper.planner import Action, PlanCounts, PlannedCombination, Planner, describe, plan_message
+from sweeper.planner import (
+    Action,
+    PlanCounts,
+    PlannedCombination,
+    Planner,
+    decision_lines,
+    describe,
+    plan_message,
+)
 from sweeper.stopping import StopController, StopReason
 from sweeper.submitter import Submitter
 from sweeper.waiter import Waiter
@@ -175,10 +183,12 @@ async def run_sweep(
     stop: StopController | None = None,
     on_event: Callable[[RunEvent], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    requested_as_of: datetime | None = None,
 ) -> RunSummary:
     """Run one sweep: plan, submit what needs submitting, wait, and return the summary.
 
     Raises ConfigError/MatrixError before anything is submitted if the plan is invalid.
+    ``requested_as_of`` is ``--as-of`` as given, so a run that keeps its stored one says so.
     """
     planner = Planner(
         config,
@@ -188,6 +198,7 @@ async def run_sweep(
         rerun=rerun,
         only=only,
         limit=limit,
+        requested_as_of=requested_as_of,
     )
     counts = planner.check(allow_large=allow_large)
     summary = RunSummary(
@@ -198,7 +209,16 @@ async def run_sweep(
         wait=config.run.wait if wait is None else wait,
     )
     journal = Journal(config, ledger, summary, on_event or (lambda event: None))
-    journal.emit(EventKind.PLAN, plan_message(counts, config.sweep.name, run_id))
+    journal.emit(
+        EventKind.PLAN,
+        plan_message(counts, config.sweep.name, run_id),
+        counts=counts,
+        rate=config.run.rate,
+    )
+    for notice in counts.notices:
+        journal.emit(EventKind.NOTICE, f"note: {notice}")
+    for line in decision_lines(counts):
+        journal.emit(EventKind.DECISIONS, line)
     if counts.total == 0:
         return summary
     run = _Run(journal, client, planner, stop or StopController(), wait=summary.wait, clock=clock)

@@ -135,7 +135,10 @@ class Submitter:
                     request_id=error.request_id or "",
                 )
             journal.emit(
-                EventKind.RETRY, f"{describe(item.combo)}: {error} — retrying in {delay:.1f}s", item
+                EventKind.RETRY,
+                f"{describe(item.combo)}: {error} — retrying in {delay:.1f}s",
+                item,
+                http_status=error.status_code,
             )
 
         journal.emit(

@@ -19,7 +19,7 @@ from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import SweepConfig
 from sweeper.errors import ApiError, AuthError
 from sweeper.journal import EventKind, Journal
-from sweeper.ledger import Event, parse_timestamp
+from sweeper.ledger import Event, parse_timestamp, state_of
 from sweeper.outputs import verify_outputs
 from sweeper.pacing import Pacer, aligned_delay, poll_delays
 from sweeper.planner import PlannedCombination, describe
@@ -39,7 +39,12 @@ async def finished_fields(
     outputs_ok, note = "", ""
     if group.status == "Complete" and config.run.verify_outputs:
         outputs_ok, note = await verify_outputs(
-            client, group.id, output_paths, created_at=parse_timestamp(group.created_at)
+            client,
+            group.id,
+            output_paths,
+            created_at=parse_timestamp(group.created_at),
+            # The embedded emulator writes relative paths under the sweep's project root.
+            base=config.root if config.api.embedded else None,
         )
     created, updated = parse_timestamp(group.created_at), parse_timestamp(group.updated_at)
     duration = round(updated - created, 3) if created is not None and updated is not None else None
@@ -136,7 +141,7 @@ class Waiter:
         """Record that ``group`` ended."""
         self.open.pop(item.combo.combo_id, None)
         fields = await finished_fields(self.config, self.client, group, item.output_paths)
-        self.journal.write(item, Event.FINISHED, **fields)
+        row = self.journal.write(item, Event.FINISHED, **fields)
         verdict = group.status + (
             f" (outputs: {fields['outputs_ok']})" if fields["outputs_ok"] else ""
         )
@@ -144,6 +149,8 @@ class Waiter:
             EventKind.FINISHED,
             f"finished {describe(item.combo)}: job group {group.id} {verdict}",
             item,
+            state=state_of(row),
+            duration_s=row.duration_s,
         )
 
     async def cancel_open(self) -> None:

@@ -50,7 +50,7 @@ def test_regions_toml_loads_to_six_combinations() -> None:
     config = load_config(ROOT / "configs" / "regions.toml")
     assert config.sweep.name == "regions"
     assert config.sweep.dataset == 33
-    assert config.sweep.ledger == Path("results/regions.csv")
+    assert config.sweep.ledger == ROOT / "results" / "regions.csv"  # configs/ -> the repo root
     assert config.api.embedded
     assert config.run.rate == Rate(25, 60.0)
     assert config.run.timeout == 600.0
@@ -72,7 +72,7 @@ def test_example_configs_load(name: str, count: int) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     config = load(tmp_path, MINIMAL)
-    assert config.sweep.ledger == Path("results/t.csv")
+    assert config.sweep.ledger == tmp_path / "results" / "t.csv"
     assert config.api.base_url == "embedded"
     assert config.api.token_env == "DATAPREP_TOKEN"
     assert config.run.concurrency == 4
@@ -102,7 +102,7 @@ def test_write_settings_spelling_is_normalised(tmp_path: Path) -> None:
     assert config.overrides["writesettings"][0]["format"] == "csv"
 
 
-def test_input_paths_are_relative_to_the_config_and_outputs_to_cwd(tmp_path: Path) -> None:
+def test_input_paths_and_outputs_are_relative_to_the_config(tmp_path: Path) -> None:
     sub = tmp_path / "cfg"
     sub.mkdir()
     (sub / "data.csv").write_text("region\n07\n")
@@ -123,7 +123,7 @@ def test_input_paths_are_relative_to_the_config_and_outputs_to_cwd(tmp_path: Pat
     config = load_config(path)
     assert config.api.token_file == sub / "secret" / "token"
     assert config.api.ca_bundle == sub / "ca.pem"
-    assert config.sweep.ledger == Path("out/ledger.csv")
+    assert config.sweep.ledger == sub / "out" / "ledger.csv"  # wherever the command runs
     assert [c.params["Region"] for c in expand_matrix(config.matrix, dataset=1, as_of=AS_OF)] == [
         "07"
     ]

@@ -233,7 +233,7 @@ class Engine:
                 "The writeSetting is not an object; send {path, action, format, ...}."
             )
         root = self.settings.output_root.resolve()
-        files = write(frame, setting, root, int(job["id"]))
+        files = write(frame, setting, root, int(job["id"]), self.settings.protected_paths)
         outputs = []
         requested = str(setting.get("path", ""))
         for path in files:

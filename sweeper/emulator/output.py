@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -114,11 +114,21 @@ def _free_name(target: Path, job_id: int) -> Path:
 
 
 def write(
-    frame: pd.DataFrame, setting: Mapping[str, Any], output_root: Path, job_id: int
+    frame: pd.DataFrame,
+    setting: Mapping[str, Any],
+    output_root: Path,
+    job_id: int,
+    protected: Sequence[Path] = (),
 ) -> list[Path]:
     """Write the frame as the writeSetting asks; returns the files written."""
     check(setting)
     target = resolve(str(setting.get("path", "")), output_root)
+    for owned in (p.resolve() for p in protected):
+        if target == owned or owned in target.parents:
+            raise OutputError(
+                f"The writeSetting path {setting.get('path')!r} is {owned}, a file the client "
+                "keeps (its ledger or state); write outputs elsewhere."
+            )
     fmt = str(setting.get("format", "csv"))
     gz = setting.get("compression", "none") == "gzip"
     header = bool(setting.get("header", False))

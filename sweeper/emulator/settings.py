@@ -47,6 +47,8 @@ class EmulatorSettings:
     quota_workspace_per_min: int = 60
     token: str | None = field(default=None, repr=False)
     output_root: Path = field(default_factory=Path.cwd)
+    # files and folders under output_root that outputs must never touch (a ledger, its lock)
+    protected_paths: tuple[Path, ...] = ()
     created_seconds: float = 0.3
     wrangle_seconds: float = 0.8
     filewriter_seconds: float = 0.4
