@@ -101,6 +101,12 @@ _limit = click.option(
 _allow_large = click.option(
     "--allow-large", is_flag=True, help="Allow more combinations than sweep.max_combinations."
 )
+_shard = click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only shard K of N (0 <= K < N): the combinations whose id is K modulo N, recorded in "
+    "their own ledger beside the sweep's (results/NAME.shard-K-of-N.csv).",
+)
 _json = click.option("--json", "as_json", is_flag=True, help="Print a JSON document on stdout.")
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
 _verbose = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
@@ -132,6 +138,7 @@ def cli() -> None:
 @_only
 @_limit
 @_allow_large
+@_shard
 @click.option("--dry-run", is_flag=True, help="Plan and validate, submit nothing (same as `plan`).")
 @click.option(
     "--wait/--no-wait", default=None, help="Wait for job groups to end (default: run.wait)."
@@ -153,6 +160,7 @@ def run(
     only: tuple[str, ...],
     limit: int | None,
     allow_large: bool,
+    shard: str | None,
     dry_run: bool,
     wait: bool | None,
     cancel_on_interrupt: bool,
@@ -171,6 +179,7 @@ def run(
         sweeper run configs/regions.toml --only Region=01 --limit 1   # canary
         sweeper run configs/regions.toml --rerun failed
         sweeper run configs/backfill.toml --as-of 2026-11-01 --run-id backfill-oct
+        sweeper run configs/regions.toml --shard "$JOB_COMPLETION_INDEX/8"
     """
     if dry_run:
         ctx = click.get_current_context()
@@ -183,6 +192,7 @@ def run(
             only=only,
             limit=limit,
             allow_large=allow_large,
+            shard=shard,
             fmt="json" if as_json else "table",
             output=None,
             show_all=False,
@@ -206,6 +216,7 @@ def run(
                 limit=limit,
                 wait=wait,
                 allow_large=allow_large,
+                shard=shard,
                 cancel_on_interrupt=cancel_on_interrupt,
                 on_event=progress.event,
                 relay=relay,
@@ -227,6 +238,7 @@ def run(
 @_only
 @_limit
 @_allow_large
+@_shard
 @click.option(
     "--format",
     "fmt",
@@ -254,6 +266,7 @@ def plan(
     only: tuple[str, ...],
     limit: int | None,
     allow_large: bool,
+    shard: str | None,
     fmt: str,
     output: Path | None,
     show_all: bool,
@@ -285,6 +298,7 @@ def plan(
             allow_large=allow_large,
             keep_all=show_all or json_out,
             output=output,
+            shard=shard,
         )
         parts = (planned.planner, planned.counts, planned.digest)
         if json_out:
@@ -362,7 +376,9 @@ def status(
 
 
 @cli.command()
-@click.argument("ledger_path", metavar="LEDGER", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "ledger_path", metavar="LEDGER|CONFIG", type=click.Path(dir_okay=False, path_type=Path)
+)
 @click.option("--run-id", metavar="ID", help="The run to report on. Default: the latest.")
 @click.option(
     "--format",
