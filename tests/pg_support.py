@@ -64,8 +64,20 @@ def postgres_server(timeout: float = 60.0) -> Iterator[str]:
         port = _free_port()
         options = f"-k {root} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off"
         subprocess.run(
-            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-t", "60"]
-            + ["-l", str(root / "server.log"), "start"],
+            [
+                *prefix,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "-l",
+                str(root / "server.log"),
+                "start",
+            ],
             **run,  # type: ignore[call-overload]
         )
         try:

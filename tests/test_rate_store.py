@@ -226,7 +226,7 @@ def test_postgres_stores_share_one_budget_and_one_block(
             ).fetchall()
         stamps = [int(r[0]) for r in rows]
         window = pacer_rates(10, 1.0, margin=0.01, burst=3)[-1].interval
-        assert 0 < len(stamps) and _max_in_window(stamps, window - 1) <= 10
+        assert len(stamps) > 0 and _max_in_window(stamps, window - 1) <= 10
         stores[0].block(30.0)
         assert stores[1].acquire_step("after-block") > 25_000
     finally:
