@@ -1,6 +1,6 @@
 """Shared quota: 4 shard processes against one emulator, with and without a shared rate store.
 
-    python benchmarks/shared_quota.py          # Q = 300/min (30/min scaled x10), N = 300, ~5 min
+    python benchmarks/shared_quota.py          # Q = 300/min (30/min scaled x10), N = 750, ~9 min
     python benchmarks/shared_quota.py --quick  # N = 60, under a minute; the quota barely binds
 
 Rows, one after the other, each with its own emulator enforcing Q per user and 2Q per workspace
@@ -127,7 +127,9 @@ HEADERS = ("client", "wall s", "rate/Q (span)", "429s", "created", "duplicates",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quota", type=int, default=300, help="Q: POSTs per user per minute")
-    parser.add_argument("-n", type=int, default=300, help="combinations per row")
+    parser.add_argument(
+        "-n", type=int, default=750, help="combinations per row (above 2Q, so the quota binds)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: N=60")
     parser.add_argument("--no-record", action="store_true", help="do not append to the doc")
     args = parser.parse_args()
