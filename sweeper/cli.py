@@ -139,6 +139,12 @@ _format = click.option(
     show_default=True,
     help="table for people, json for scripts.",
 )
+_shard = click.option(
+    "--shard",
+    metavar="K/N",
+    help="Only shard K of N (0 <= K < N): the combinations whose id is K modulo N, recorded in "
+    "their own ledger beside the sweep's (results/NAME.shard-K-of-N.csv).",
+)
 _quiet = click.option("-q", "--quiet", is_flag=True, help="Print only errors and the result.")
 _verbose = click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv: debug).")
 
@@ -169,6 +175,7 @@ def cli() -> None:
 @_only
 @_limit
 @_allow_large
+@_shard
 @click.option("--dry-run", is_flag=True, help="Plan and validate, submit nothing (same as `plan`).")
 @click.option(
     "--wait/--no-wait", default=None, help="Wait for job groups to end (default: run.wait)."
@@ -191,6 +198,7 @@ def run(
     only: tuple[str, ...],
     limit: int | None,
     allow_large: bool,
+    shard: str | None,
     dry_run: bool,
     wait: bool | None,
     cancel_on_interrupt: bool,
@@ -210,6 +218,7 @@ def run(
         sweeper run configs/regions.toml --only Region=01 --limit 1   # canary
         sweeper run configs/regions.toml --rerun failed
         sweeper run configs/backfill.toml --as-of 2026-11-01 --run-id backfill-oct
+        sweeper run configs/regions.toml --shard "$JOB_COMPLETION_INDEX/8"
     """
     as_json = as_json or fmt == "json"
     if dry_run:
@@ -223,6 +232,7 @@ def run(
             only=only,
             limit=limit,
             allow_large=allow_large,
+            shard=shard,
             fmt="json" if as_json else "table",
             output=None,
             show_all=False,
@@ -247,6 +257,7 @@ def run(
                 limit=limit,
                 wait=wait,
                 allow_large=allow_large,
+                shard=shard,
                 cancel_on_interrupt=cancel_on_interrupt,
                 on_event=progress.event,
                 relay=relay,
@@ -268,6 +279,7 @@ def run(
 @_only
 @_limit
 @_allow_large
+@_shard
 @click.option(
     "--format",
     "fmt",
@@ -296,6 +308,7 @@ def plan(
     only: tuple[str, ...],
     limit: int | None,
     allow_large: bool,
+    shard: str | None,
     fmt: str,
     output: Path | None,
     show_all: bool,
@@ -327,6 +340,7 @@ def plan(
             allow_large=allow_large,
             keep_all=show_all or json_out,
             output=output,
+            shard=shard,
         )
         parts = (planned.planner, planned.counts, planned.digest)
         if json_out or quiet:  # the table shows them; elsewhere they must still be said

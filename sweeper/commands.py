@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -27,12 +27,14 @@ from sweeper.errors import ConfigError
 from sweeper.ledger import LedgerRow, current_state, latest_run_id, read_ledger
 from sweeper.planner import PlanCounts, PlannedCombination, Planner, latest_as_of, plan_message
 from sweeper.render import PlanCsv, PlanDigest
+from sweeper.shards import LedgerSet, Shard, parse_shard, read_sweep_ledgers, shard_ledgers
 
 if TYPE_CHECKING:
     import httpx
 
     from sweeper.journal import RunEvent, RunSummary
     from sweeper.ledger import Ledger
+    from sweeper.pacing import SharedBucket
     from sweeper.refreshing import StatusResult
     from sweeper.reporting import Report
     from sweeper.signals import SignalRelay
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
 
 ConfigSource = str | os.PathLike[str] | SweepConfig
 """A sweep file's path, or a config already loaded with ``load_config``."""
+
+ShardSpec = str | tuple[int, int] | Shard
+"""Shard K of N: ``"K/N"``, ``(K, N)`` or a ``Shard``."""
 
 
 @dataclass(frozen=True)
@@ -156,17 +161,19 @@ def plan(
     allow_large: bool = False,
     keep_all: bool = False,
     output: str | os.PathLike[str] | None = None,
+    shard: ShardSpec | None = None,
 ) -> SweepPlan:
     """Check and count what ``run`` would do, without a token or the network.
 
     ``keep_all`` keeps every planned combination in ``digest.items``; ``output`` also writes the
-    whole plan as CSV, streamed (bounded memory for large matrices).
+    whole plan as CSV, streamed (bounded memory for large matrices). ``shard`` plans shard K of
+    N only. Every ledger of the sweep (the main one and each shard's) is planned from.
     """
     rid = _run_id(run_id)
     given = parse_as_of(as_of)
+    part = parse_shard(shard)
     cfg = _config(config)
-    ledger_path = cfg.sweep.ledger
-    history = read_ledger(ledger_path, sweep=cfg.sweep.name) if ledger_path.exists() else []
+    history = read_sweep_ledgers(cfg.sweep.ledger, sweep=cfg.sweep.name)
     planner = Planner(
         cfg,
         history=history,
@@ -176,6 +183,7 @@ def plan(
         only=only,
         limit=limit,
         requested_as_of=given,
+        shard=part,
     )
     digest = PlanDigest(keep_all=keep_all)
     out = Path(output) if output is not None else None
@@ -213,8 +221,13 @@ def run(
     relay: SignalRelay | None = None,
     environ: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    shard: ShardSpec | None = None,
 ) -> RunSummary:
     """Submit one job group per combination, wait, record it all; safe to call again (resumes).
+
+    ``shard`` (``"K/N"`` or ``(K, N)``) runs only shard K of N, recorded in its own ledger beside
+    the sweep's and planned from every ledger of the sweep. With ``run.rate_store`` the rate
+    budget is shared with every process using that store and key.
 
     ``on_event`` sees each progress event. SIGINT/SIGTERM stop the run cleanly while it runs
     (a second one also cancels the running job groups): through ``relay`` if the caller has
@@ -231,6 +244,7 @@ def run(
     with _signals(relay) as signals:
         rid = _run_id(run_id)
         given = parse_as_of(as_of)
+        part = parse_shard(shard)
         cfg = _config(config)
         ledger_path = cfg.sweep.ledger
         lock_path = ledger_path.with_name(ledger_path.name + ".lock")
@@ -247,25 +261,33 @@ def run(
                 rerun=rerun,
                 only=only,
                 limit=limit,
+                shard=part,
             ).check(allow_large=allow_large)
         client = connect(cfg, environ=env, transport=transport)
         _install_redaction(cfg, env)
         stopper = (
             stop if stop is not None else StopController(cancel_on_interrupt=cancel_on_interrupt)
         )
+        main_ledger = cfg.sweep.ledger
+        ledger_path = part.ledger(main_ledger) if part is not None else main_ledger
 
         async def main() -> RunSummary:
             with (
                 signals.attached(stopper.interrupt),
-                _open_ledger(cfg, cfg.sweep.ledger, rid) as ledger,
+                _open_ledger(cfg, ledger_path, rid) as ledger,
+                _rate_store(cfg, env) as store,
             ):
+                # The sweep's other ledgers (other shards, other shard counts, the main one),
+                # read without locking: their combinations are planned from, never written.
+                others = read_sweep_ledgers(main_ledger, sweep=cfg.sweep.name, exclude=ledger_path)
+                history = ledger.history()
                 async with client:
                     return await run_sweep(
                         cfg,
                         client=client,
                         ledger=ledger,
                         run_id=rid,
-                        as_of=_resolve_as_of(ledger.history(), rid, given),
+                        as_of=_resolve_as_of([*others, *history], rid, given),
                         rerun=rerun,
                         only=only,
                         limit=limit,
@@ -274,9 +296,32 @@ def run(
                         stop=stopper,
                         on_event=on_event,
                         requested_as_of=given,
+                        shard=part,
+                        others=others,
+                        rate_store=store,
                     )
 
         return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _rate_store(config: SweepConfig, environ: Mapping[str, str]) -> Iterator[SharedBucket | None]:
+    """The shared rate store of ``run.rate_store``, opened for the block (None without one)."""
+    url = config.run.rate_store
+    if url is None:
+        yield None
+        return
+    from sweeper.auth import secrets
+    from sweeper.ratestore import default_key, open_rate_store
+
+    key = config.run.rate_key or default_key(
+        config.api.base_url, secrets(config.api, environ, config_path=config.path)
+    )
+    store = open_rate_store(url, key, root=config.root)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _status_target(
@@ -324,10 +369,17 @@ def status(
     env = os.environ if environ is None else environ
     with _signals(relay) as signals:
         cfg, ledger_path = _status_target(target, config)
-        if not ledger_path.exists():
+        # Given the sweep (or its main ledger), status covers every shard's ledger too.
+        sharded = bool(shard_ledgers(ledger_path))
+        if not ledger_path.exists() and not sharded:
             raise _missing_ledger(ledger_path)
         if cfg is None or not refresh:
-            history = read_ledger(ledger_path, sweep=cfg.sweep.name if cfg is not None else None)
+            sweep = cfg.sweep.name if cfg is not None else None
+            history = (
+                read_sweep_ledgers(ledger_path, sweep=sweep)
+                if sharded
+                else read_ledger(ledger_path, sweep=sweep)
+            )
             rid = run_id or latest_run_id(history)
             rows = list(current_state(history, run_id=rid).values())
             base_url = cfg.api.base_url if cfg is not None else None
@@ -343,11 +395,18 @@ def status(
             if on_change is not None:
                 on_change(result)
 
+        def ledgers() -> contextlib.AbstractContextManager[Ledger | LedgerSet]:
+            if not sharded:
+                return _open_ledger(known, ledger_path, run_id)
+            return LedgerSet.open(
+                ledger_path,
+                sweep=known.sweep.name,
+                param_names=known.matrix.param_names,
+                run_id=run_id,
+            )
+
         async def main() -> StatusResult:
-            with (
-                signals.attached(stopper.interrupt),
-                _open_ledger(known, ledger_path, run_id) as ledger,
-            ):
+            with signals.attached(stopper.interrupt), ledgers() as ledger:
                 async with client:
                     try:
                         result = await refresh_groups(
@@ -385,9 +444,11 @@ def report(
     if run_id:
         check_run_id(run_id)
     cfg, path = _status_target(target, config)
-    if not path.exists():
+    sharded = bool(shard_ledgers(path))
+    if not path.exists() and not sharded:
         raise _missing_ledger(path)
-    rows = read_ledger(path, sweep=cfg.sweep.name if cfg is not None else None)
+    sweep = cfg.sweep.name if cfg is not None else None
+    rows = read_sweep_ledgers(path, sweep=sweep) if sharded else read_ledger(path, sweep=sweep)
     base_url = cfg.api.base_url if cfg is not None else None
     try:
         # The latest run is the one whose first row is newest, as `status` says; not the

@@ -85,6 +85,8 @@ class RunSettings:
     max_polls_per_second: float = 5.0  # cap of status GETs across the run
     settle: float = 5.0  # reconciliation waits this long after the newest unresolved intent
     verify_outputs: bool = False
+    rate_store: str | None = None  # sqlite:///PATH or postgresql://USER@HOST/DB; never a password
+    rate_key: str | None = None  # who shares the budget; default: API host + credential hash
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "max_polls_per_second",
             "settle",
             "verify_outputs",
+            "rate_store",
+            "rate_key",
         ),
         "retry": (
             "attempts",
@@ -614,6 +618,22 @@ def _run(r: _Reader, t: Mapping[str, Any], *, embedded: bool = False) -> RunSett
     max_polls = r.number(t, "max_polls_per_second", "run", d.max_polls_per_second, 0.0)
     if max_polls == 0:
         raise r.error("Must be more than 0.", "run.max_polls_per_second")
+    rate_store = t.get("rate_store")
+    if rate_store is not None:
+        from sweeper.ratestore import check_rate_store
+
+        if not isinstance(rate_store, str) or not rate_store:
+            raise r.error(
+                "Must be a connection URL (string): sqlite:///PATH or postgresql://USER@HOST/DB.",
+                "run.rate_store",
+            )
+        try:
+            check_rate_store(rate_store)
+        except ConfigError as exc:
+            raise r.error(exc.message, "run.rate_store") from None
+    rate_key = t.get("rate_key")
+    if rate_key is not None and (not isinstance(rate_key, str) or not rate_key.strip()):
+        raise r._want("a non-empty string", rate_key, "run.rate_key")
     return RunSettings(
         rate=rate,
         concurrency=r.integer(t, "concurrency", "run", d.concurrency, 1, 64),
@@ -624,6 +644,8 @@ def _run(r: _Reader, t: Mapping[str, Any], *, embedded: bool = False) -> RunSett
         max_polls_per_second=max_polls,
         settle=r.duration(t, "settle", "run", d.settle),
         verify_outputs=r.boolean(t, "verify_outputs", "run", d.verify_outputs),
+        rate_store=rate_store,
+        rate_key=rate_key,
     )
 
 

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Protocol
 
 from pyrate_limiter import InMemoryBucket, Rate, RateItem
 
@@ -29,6 +31,41 @@ QUOTA_MARGIN_MAX_S = 0.25
 SUBMIT_BURST = 3
 
 
+class SharedBucket(Protocol):
+    """A rate bucket and a "blocked until" shared by every process using one store and key.
+
+    Its calls do blocking I/O: the Pacer runs them in a worker thread.
+    """
+
+    def bind(self, rates: list[Rate]) -> None:
+        """Create (or join) the shared bucket for these rates."""
+
+    def acquire_step(self, name: str) -> int:
+        """Take a slot named ``name`` unless blocked or full: 0 when taken, else ms to wait."""
+
+    def block(self, seconds: float) -> None:
+        """Lengthen the shared block to at least ``seconds`` from now (a 429 was seen)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def pacer_rates(count: int, per_seconds: float, *, margin: float, burst: int) -> list[Rate]:
+    """The bucket's rates: a spacing rate (``burst`` per ``burst`` slots) and the window rate,
+    the window stretched by ``margin`` seconds."""
+    window_ms = max(1, math.ceil((per_seconds + margin) * 1000))
+    # The window rate is the quota; the spacing rate keeps grants one window/count apart.
+    # A bucket window includes its first millisecond (Rate(1, 10) grants once per 11 ms),
+    # hence the - 1. Rounded down to whole milliseconds, so it never holds a grant back that
+    # the window rate allows. Above 500 grants a second spacing means nothing and is left out.
+    burst = min(burst, count)
+    spacing_ms = burst * window_ms // count
+    rates = [Rate(count, window_ms)]
+    if count > burst and spacing_ms >= 2:
+        rates.insert(0, Rate(burst, spacing_ms - 1))
+    return rates
+
+
 class Pacer:
     """At most ``count`` grants in any window of ``per_seconds``, one every ``per_seconds/count``
     on average, with at most ``burst`` at once.
@@ -37,6 +74,8 @@ class Pacer:
     ``burst * per_seconds / count``), the window rate is the quota itself. ``sleep`` is the run's
     interruptible sleep, so waiting for a slot ends the moment the run is told to stop.
     ``margin`` seconds stretch the window (default: 1 % of it, at most a quarter second).
+    With a ``store``, the bucket and a 429's "blocked until" are shared with every process
+    using the same store and key; every wait still goes through ``sleep``.
     """
 
     def __init__(
@@ -48,27 +87,47 @@ class Pacer:
         margin: float | None = None,
         burst: int = 1,
         clock: Clock = time.monotonic,
+        store: SharedBucket | None = None,
     ) -> None:
         if margin is None:
             margin = min(QUOTA_MARGIN * per_seconds, QUOTA_MARGIN_MAX_S)
         if count < 1 or per_seconds <= 0 or margin < 0 or burst < 1:
             raise ValueError("Pacer needs count, burst >= 1, per_seconds > 0 and margin >= 0")
-        window_ms = max(1, math.ceil((per_seconds + margin) * 1000))
-        # The window rate is the quota; the spacing rate keeps grants one window/count apart.
-        # A bucket window includes its first millisecond (Rate(1, 10) grants once per 11 ms),
-        # hence the - 1. Rounded down to whole milliseconds, so it never holds a grant back
-        # that the window rate allows. Above 500 grants a second spacing means nothing.
-        burst = min(burst, count)
-        spacing_ms = burst * window_ms // count
-        rates = [Rate(count, window_ms)]
-        if count > burst and spacing_ms >= 2:
-            rates.insert(0, Rate(burst, spacing_ms - 1))
-        self._bucket = InMemoryBucket(rates)
+        self._rates = pacer_rates(count, per_seconds, margin=margin, burst=burst)
+        self._bucket = InMemoryBucket(self._rates)
         self._sleep = sleep
         self._clock = clock
+        self._store = store
+        self._bound = False
+        self._names = itertools.count()
+        self._prefix = f"{random.getrandbits(48):012x}"  # slot names unique across processes
+        self._mutex: asyncio.Lock | None = None
+
+    async def block(self, seconds: float) -> None:
+        """Share a 429's "retry after" with every process of the store (no store: nothing)."""
+        if self._store is not None and seconds > 0:
+            await asyncio.to_thread(self._store.block, seconds)
+
+    async def _acquire_shared(self, store: SharedBucket) -> None:
+        # One store call at a time per process: the workers of a run queue here, not in the DB.
+        if self._mutex is None:
+            self._mutex = asyncio.Lock()
+        async with self._mutex:
+            if not self._bound:
+                await asyncio.to_thread(store.bind, self._rates)
+                self._bound = True
+            while True:
+                name = f"{self._prefix}-{next(self._names)}"
+                wait_ms = await asyncio.to_thread(store.acquire_step, name)
+                if wait_ms <= 0:
+                    return
+                await self._sleep(wait_ms / 1000)
 
     async def acquire(self) -> None:
         """Wait (interruptibly) until a grant keeps both rates, then take it."""
+        if self._store is not None:
+            await self._acquire_shared(self._store)
+            return
         while True:
             now = int(self._clock() * 1000)
             self._bucket.leak(now)  # drop grants older than the longest window

@@ -26,6 +26,7 @@ from sweeper.matrix import (
     parse_only,
     select,
 )
+from sweeper.shards import Shard
 from sweeper.state import State
 from sweeper.template import RequestTemplate
 
@@ -142,6 +143,7 @@ class Planner:
         only: Sequence[str] = (),
         limit: int | None = None,
         requested_as_of: datetime | None = None,
+        shard: Shard | None = None,
     ) -> None:
         if rerun not in RERUN_POLICIES:
             raise ConfigError(f"--rerun must be one of {', '.join(RERUN_POLICIES)}, not {rerun!r}.")
@@ -152,18 +154,28 @@ class Planner:
         self.only = parse_only(only, config.matrix)
         self.limit = limit
         self.requested_as_of = requested_as_of  # --as-of as given; None when not given
+        self.shard = shard
         self.state = current_state(history, run_id=run_id)
         self.stored_as_of = latest_as_of(history, run_id)
 
-    def combinations(self) -> Iterator[Combination]:
-        combos = expand_matrix(
+    def _expand(self) -> Iterator[Combination]:
+        return expand_matrix(
             self.config.matrix, dataset=self.config.sweep.dataset, as_of=self.as_of
         )
+
+    def combinations(self) -> Iterator[Combination]:
+        combos = self._expand()
+        if self.shard is not None:
+            holds = self.shard.holds
+            combos = (c for c in combos if holds(c.combo_id))
         if not self.only and self.limit is None:
             return combos  # nothing to select: spare every combination a generator hop
         return select(combos, self.only, self.limit)
 
     def __iter__(self) -> Iterator[PlannedCombination]:
+        return self._plan(self.combinations())
+
+    def _plan(self, combos: Iterator[Combination]) -> Iterator[PlannedCombination]:
         cfg = self.config
         try:
             request = RequestTemplate(cfg.sweep.dataset, cfg.overrides)
@@ -171,7 +183,7 @@ class Planner:
             if exc.path:
                 raise
             raise self._in_sweep_file(exc) from None
-        for combo in self.combinations():
+        for combo in combos:
             try:
                 body, paths = request.render(combo, self.run_id)
             except MatrixError as exc:
@@ -217,7 +229,11 @@ class Planner:
         failed_before = 0
         seen_combo: set[str] = set()
         seen_path: dict[str, str] = {}
-        for item in self:
+        shard, taken = self.shard, 0
+        # A shard checks the whole sweep (as selected by --only), so that two shards can never
+        # write one output path; it counts and shows only its own combinations.
+        source = iter(self) if shard is None else self._plan(select(self._expand(), self.only))
+        for item in source:
             # Every parameter is sent in runParameters, so two combinations send the same request
             # exactly when they have the same parameters, i.e. the same combo_id.
             cid = item.combo.combo_id
@@ -243,6 +259,10 @@ class Planner:
                         path=str(self.config.path),
                         key="overrides.writeSettings.path",
                     )
+            if shard is not None:
+                if not shard.holds(cid) or (self.limit is not None and taken >= self.limit):
+                    continue
+                taken += 1
             counts.add(item)
             last = item.last
             if last is not None:

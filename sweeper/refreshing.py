@@ -25,6 +25,7 @@ from sweeper.ledger import (
 from sweeper.pacing import Pacer, poll_delays
 from sweeper.planner import Planner, latest_as_of
 from sweeper.polling import StatusPoller
+from sweeper.shards import LedgerSet
 from sweeper.waiter import finished_fields
 
 
@@ -100,7 +101,7 @@ async def refresh(
     config: SweepConfig,
     *,
     client: DataprepClient,
-    ledger: Ledger,
+    ledger: Ledger | LedgerSet,
     run_id: str | None = None,
     watch: bool = False,
     on_change: Callable[[StatusResult], None] | None = None,
@@ -110,11 +111,19 @@ async def refresh(
     """Ask the API about every open job group of the run and append `finished` rows.
 
     With ``watch``, keep asking (with the run's poll backoff) until every group has ended, or
-    until ``run.timeout`` has passed (``timed_out`` is then set on the result).
+    until ``run.timeout`` has passed (``timed_out`` is then set on the result). Given a
+    ``LedgerSet`` (a sharded sweep), each ``finished`` row goes to the ledger its combination's
+    last row came from; groups of a shard still running are left to that shard, and said so.
     """
     history = ledger.history()
     rid = run_id or latest_run_id(history)
     result = StatusResult(run_id=rid, rows=[], sweep_file=config.path)
+    shared = ledger if isinstance(ledger, LedgerSet) else None
+    if shared is not None:
+        result.errors += [
+            f"{path}: its shard is running and refreshes it; shown as recorded"
+            for path in shared.busy
+        ]
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
     poller = StatusPoller(client, gate)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
@@ -123,6 +132,8 @@ async def refresh(
     while True:
         state = current_state(ledger.history(), run_id=rid)
         pending = open_groups(list(state.values()))
+        if shared is not None:
+            pending = [row for row in pending if shared.can_append(row)]
         answers = await asyncio.gather(
             *(poller.get(row.job_group_id) for row in pending if row.job_group_id is not None),
             return_exceptions=True,
@@ -158,7 +169,7 @@ async def refresh(
         result.rows = list(current_state(ledger.history(), run_id=rid).values())
         if on_change is not None:
             on_change(result)
-        if not watch or result.open == 0:
+        if not watch or result.open == 0 or (shared is not None and not pending):
             return result
         if clock() - started >= config.run.timeout:
             result.timed_out = True

@@ -24,7 +24,8 @@ from datetime import datetime
 from sweeper.client import DataprepClient
 from sweeper.config import SweepConfig
 from sweeper.journal import EventKind, Failure, Journal, RunEvent, RunSummary
-from sweeper.ledger import Ledger, current_state, state_of
+from sweeper.ledger import Ledger, LedgerRow, current_state, state_of
+from sweeper.pacing import SharedBucket
 from sweeper.planner import (
     Action,
     PlanCounts,
@@ -34,6 +35,7 @@ from sweeper.planner import (
     describe,
     plan_message,
 )
+from sweeper.shards import Shard, merge_rows
 from sweeper.stopping import StopController, StopReason
 from sweeper.submitter import Submitter
 from sweeper.waiter import Waiter
@@ -51,6 +53,8 @@ class _Run:
         *,
         wait: bool,
         clock: Callable[[], float],
+        others: Sequence[LedgerRow] = (),
+        rate_store: SharedBucket | None = None,
     ) -> None:
         config = journal.config
         self.journal = journal
@@ -60,7 +64,8 @@ class _Run:
         self.clock = clock
         self.deadline = clock() + config.run.timeout
         self.concurrency = config.run.concurrency
-        self.submitter = Submitter(journal, client, stop, journal.ledger.history())
+        self.others = others  # rows of the sweep's other ledgers (shards), read at the start
+        self.submitter = Submitter(journal, client, stop, self.history(), rate_store=rate_store)
         self.waiter = Waiter(journal, client, stop, wait=wait, deadline=self.deadline, clock=clock)
         # The first submission of a run goes alone, retries included: a refused token or an
         # unreachable API costs one combination's requests, not one per worker.
@@ -151,10 +156,15 @@ class _Run:
         if job_group_id is not None:
             self.waiter.watch(item, job_group_id)
 
+    def history(self) -> list[LedgerRow]:
+        """This run's ledger, merged with the sweep's other ledgers when sharded."""
+        own = self.journal.ledger.history()
+        return merge_rows([self.others, own]) if self.others else own
+
     def _tally(self) -> None:
         """Where every combination in scope stands, by its last row in this run."""
         s = self.summary
-        latest = current_state(self.journal.ledger.history(), run_id=s.run_id)
+        latest = current_state(self.history(), run_id=s.run_id)
         for combo in self.planner.combinations():
             row = latest.get(combo.combo_id)
             state = state_of(row)
@@ -184,21 +194,29 @@ async def run_sweep(
     on_event: Callable[[RunEvent], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     requested_as_of: datetime | None = None,
+    shard: Shard | None = None,
+    others: Sequence[LedgerRow] = (),
+    rate_store: SharedBucket | None = None,
 ) -> RunSummary:
     """Run one sweep: plan, submit what needs submitting, wait, and return the summary.
 
+    ``shard`` runs only that shard's combinations; ``others`` are the rows of the sweep's other
+    ledgers, planned from with this one's. ``rate_store`` shares the rate budget (and a 429's
+    block) with every process using the same store and key.
     Raises ConfigError/MatrixError before anything is submitted if the plan is invalid.
     ``requested_as_of`` is ``--as-of`` as given, so a run that keeps its stored one says so.
     """
+    own = ledger.history()
     planner = Planner(
         config,
-        history=ledger.history(),
+        history=merge_rows([others, own]) if others else own,
         run_id=run_id,
         as_of=as_of,
         rerun=rerun,
         only=only,
         limit=limit,
         requested_as_of=requested_as_of,
+        shard=shard,
     )
     counts = planner.check(allow_large=allow_large)
     summary = RunSummary(
@@ -221,5 +239,14 @@ async def run_sweep(
         journal.emit(EventKind.DECISIONS, line)
     if counts.total == 0:
         return summary
-    run = _Run(journal, client, planner, stop or StopController(), wait=summary.wait, clock=clock)
+    run = _Run(
+        journal,
+        client,
+        planner,
+        stop or StopController(),
+        wait=summary.wait,
+        clock=clock,
+        others=others,
+        rate_store=rate_store,
+    )
     return await run.execute(counts)

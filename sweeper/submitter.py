@@ -26,11 +26,12 @@ from sweeper.errors import (
     ApiError,
     AuthError,
     FailureClass,
+    RateLimitedError,
     RunAbortedError,
 )
 from sweeper.journal import EventKind, Journal
 from sweeper.ledger import Event, LedgerRow, parse_timestamp, state_of
-from sweeper.pacing import SUBMIT_BURST, Pacer
+from sweeper.pacing import SUBMIT_BURST, Pacer, SharedBucket
 from sweeper.planner import Action, PlannedCombination, describe
 from sweeper.retry import CircuitBreaker, RetryBudget, call_with_retry
 from sweeper.state import State
@@ -50,6 +51,8 @@ class Submitter:
         client: DataprepClient,
         stop: StopController,
         history: list[LedgerRow],
+        *,
+        rate_store: SharedBucket | None = None,
     ) -> None:
         config = journal.config
         self.journal = journal
@@ -57,7 +60,9 @@ class Submitter:
         self.client = client
         self.stop = stop
         rate = config.run.rate
-        self.pacer = Pacer(rate.count, rate.per_seconds, sleep=stop.sleep, burst=SUBMIT_BURST)
+        self.pacer = Pacer(
+            rate.count, rate.per_seconds, sleep=stop.sleep, burst=SUBMIT_BURST, store=rate_store
+        )
         self.budget = RetryBudget(config.retry.budget)
         self.breaker = CircuitBreaker(
             config.retry.breaker_threshold,
@@ -115,6 +120,8 @@ class Submitter:
                 self.breaker.record(exc)
                 if exc.failure is FailureClass.REJECTED:
                     summary.rate_limited += 1
+                if isinstance(exc, RateLimitedError) and exc.retry_after:
+                    await self.pacer.block(exc.retry_after)  # every process sharing the store
                 if exc.failure is FailureClass.IN_DOUBT:
                     maybe_sent = True
                 raise
