@@ -240,7 +240,7 @@ def chart_durations(report: Report) -> str:
         fig = Figure(figsize=(3.4 * len(panels) + 0.6, max(2.4, 0.22 * tallest + 1.2)))
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (name, values, data) in zip(axes, panels, strict=True):
-            ax.boxplot(data, vert=False, widths=0.6, showfliers=True)
+            ax.boxplot(data, orientation="horizontal", widths=0.6, showfliers=True)
             ax.set_yticks(range(1, len(values) + 1), values)
             ax.invert_yaxis()  # first value on top, as in the tables
             ax.set_xlabel("seconds")
