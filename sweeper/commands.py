@@ -395,9 +395,9 @@ def status(
             if on_change is not None:
                 on_change(result)
 
-        def ledgers() -> contextlib.AbstractContextManager[Ledger | LedgerSet]:
-            if not sharded:
-                return _open_ledger(known, ledger_path, run_id)
+        def ledgers() -> contextlib.AbstractContextManager[LedgerSet]:
+            # A ledger that a running sweep holds is read as is, never written: that run
+            # refreshes its own groups, and the result says who holds it.
             return LedgerSet.open(
                 ledger_path,
                 sweep=known.sweep.name,

@@ -151,7 +151,11 @@ class LedgerError(SweeperError):
 
 
 class LedgerLockedError(LedgerError):
-    """Another sweeper process is writing this ledger."""
+    """Another sweeper process is writing this ledger; ``holder`` says who, when known."""
+
+    def __init__(self, message: str, *, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder  # "held by PID 1234 on host x since ..., run ...", or ""
 
 
 class RunAbortedError(SweeperError):
@@ -163,10 +167,14 @@ class OutputError(SweeperError):
 
 
 class Outcome(Protocol):
-    """A finished command's result: whether it stopped early, and its combinations by state."""
+    """A finished command's result: whether it stopped early, whether another process is still
+    running the sweep, and its combinations by state."""
 
     @property
     def stopped_early(self) -> bool: ...
+
+    @property
+    def in_progress(self) -> bool: ...
 
     @property
     def states(self) -> Mapping[str, int]: ...
@@ -180,5 +188,7 @@ def exit_code_for(outcome: BaseException | Outcome) -> ExitCode:
         return ExitCode.STOPPED
     if outcome.stopped_early:
         return ExitCode.STOPPED
+    if outcome.in_progress:
+        return ExitCode.OK  # a look at a sweep another process is running: that run decides
     unsettled = sum(n for state, n in outcome.states.items() if state != "succeeded")
     return ExitCode.INCOMPLETE if unsettled else ExitCode.OK

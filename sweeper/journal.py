@@ -95,6 +95,10 @@ class RunSummary:
     def stopped_early(self) -> bool:
         return self.interrupted or bool(self.aborted)
 
+    @property
+    def in_progress(self) -> bool:
+        return False  # the run itself: it knows how it ended
+
     def count(self, *states: State) -> int:
         return sum(self.states[s.value] for s in states)
 

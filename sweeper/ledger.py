@@ -464,7 +464,8 @@ class Ledger:
             raise LedgerLockedError(
                 f"The ledger {path} is locked by another sweeper process that is still running"
                 f"{holder} (lock file {lock_path}). Wait for it to end, then run again to resume; "
-                "the ledger was not changed."
+                "the ledger was not changed.",
+                holder=holder.lstrip(", ") or "held by another sweeper process",
             ) from None
         try:
             _record_holder(lock_fd, run_id)

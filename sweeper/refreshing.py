@@ -42,6 +42,7 @@ class StatusResult:
     interrupted: bool = False  # a signal ended --watch early
     sweep_file: Path | None = None  # the sweep file the API was asked with; None: ledger as is
     base_url: str | None = None  # the platform's, when the sweep file is known (job page links)
+    held_by: list[str] = field(default_factory=list)  # ledgers a running sweep holds, and who
 
     def counts(self) -> dict[str, int]:
         """How many combinations are in each state (only states that occur)."""
@@ -58,6 +59,11 @@ class StatusResult:
     @property
     def stopped_early(self) -> bool:
         return self.interrupted
+
+    @property
+    def in_progress(self) -> bool:
+        """A running sweep holds a ledger of this sweep: its state is still moving."""
+        return bool(self.held_by)
 
     @property
     def exit_code(self) -> ExitCode:
@@ -120,10 +126,7 @@ async def refresh(
     result = StatusResult(run_id=rid, rows=[], sweep_file=config.path)
     shared = ledger if isinstance(ledger, LedgerSet) else None
     if shared is not None:
-        result.errors += [
-            f"{path}: its shard is running and refreshes it; shown as recorded"
-            for path in shared.busy
-        ]
+        result.held_by = list(shared.busy)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
     poller = StatusPoller(client, gate)
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)

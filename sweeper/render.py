@@ -282,6 +282,7 @@ def status_json(result: StatusResult) -> dict[str, Any]:
         "refreshed": result.refreshed,
         "finished_now": result.finished,
         "errors": result.errors,
+        "held_by": result.held_by,
         "timed_out": result.timed_out,
         "interrupted": result.interrupted,
         "combinations": _status_rows(result),
@@ -316,6 +317,11 @@ def status_text(result: StatusResult) -> str:
             for r in errors
         )
     lines.extend(f"warning: {e}" for e in result.errors[:10])
+    lines.extend(
+        f"note: {held}; a sweep is running it, so it is shown as recorded and that run "
+        "refreshes its own job groups."
+        for held in result.held_by
+    )
     if result.timed_out:
         lines.append("Stopped watching at run.timeout; some job groups are still running.")
     if result.interrupted:

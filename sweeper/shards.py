@@ -113,15 +113,19 @@ class LedgerSet:
     """Several ledgers of one sweep seen as one: merged history, each row appended where its
     combination's last row came from.
 
-    Ledgers locked by a running shard are read as they are and never written (``busy``).
+    Ledgers locked by a running sweep or shard are read as they are and never written
+    (``busy`` says which, and who holds them).
     """
 
     def __init__(
-        self, writable: Sequence[Ledger], read_only: Sequence[tuple[Path, list[LedgerRow]]]
+        self,
+        writable: Sequence[Ledger],
+        read_only: Sequence[tuple[Path, list[LedgerRow], str]],
     ):
         self._writable = list(writable)
         self._read_only = list(read_only)
-        self.busy = [path for path, _ in self._read_only]
+        # Who holds each ledger read as is: the running sweep refreshes its own groups.
+        self.busy = [f"{path}: {holder}" for path, _, holder in self._read_only]
         self._owners: dict[tuple[str, str], tuple[str, Ledger | None]] | None = None
 
     @classmethod
@@ -130,15 +134,15 @@ class LedgerSet:
     ) -> LedgerSet:
         """Lock every ledger of the sweep that no running shard holds; read the others."""
         writable: list[Ledger] = []
-        read_only: list[tuple[Path, list[LedgerRow]]] = []
+        read_only: list[tuple[Path, list[LedgerRow], str]] = []
         try:
             for path in sweep_ledgers(main):
                 try:
                     writable.append(
                         Ledger.open(path, sweep=sweep, param_names=param_names, run_id=run_id)
                     )
-                except LedgerLockedError:
-                    read_only.append((path, read_ledger(path, sweep=sweep)))
+                except LedgerLockedError as exc:
+                    read_only.append((path, read_ledger(path, sweep=sweep), exc.holder))
         except BaseException:
             for ledger in writable:
                 ledger.close()
@@ -148,7 +152,7 @@ class LedgerSet:
     def history(self) -> list[LedgerRow]:
         """Every row of every ledger, merged by timestamp."""
         return merge_rows(
-            [*(ledger.rows for ledger in self._writable), *(r for _, r in self._read_only)]
+            [*(ledger.rows for ledger in self._writable), *(r for _, r, _ in self._read_only)]
         )
 
     def owner(self, row: LedgerRow) -> Ledger | None:
@@ -157,7 +161,7 @@ class LedgerSet:
             owners: dict[tuple[str, str], tuple[str, Ledger | None]] = {}
             sources: list[tuple[Sequence[LedgerRow], Ledger | None]]
             sources = [(ledger.rows, ledger) for ledger in self._writable]
-            sources += [(rows, None) for _, rows in self._read_only]
+            sources += [(rows, None) for _, rows, _ in self._read_only]
             for rows, ledger in sources:
                 for candidate in rows:
                     key = (candidate.run_id, candidate.combo_id)

@@ -108,6 +108,34 @@ def test_status_without_a_sweep_file_shows_the_ledger_as_is(project: Path) -> No
     assert data["refreshed"] == 0
 
 
+def test_status_of_a_ledger_a_running_sweep_holds_shows_it_and_exits_0(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run holds the ledger: status reads it without the lock, writes nothing, says who holds
+    it, and exits 0 (the running sweep decides how the run ends)."""
+    monkeypatch.setenv("DATAPREP_TOKEN", "any-token")
+    settings = EmulatorSettings(output_root=project, quota_user_per_min=0, time_scale=10.0)
+    with running_emulator(settings) as base_url:
+        config = _served(project, base_url)
+        ledger = project / "results" / "nightly.csv"
+        runner = CliRunner()
+        submitted = runner.invoke(cli, ["run", str(config), "--run-id", "n1", "--no-wait"])
+        assert submitted.exit_code == 3, submitted.output + submitted.stderr
+        before = ledger.read_bytes()
+        cfg = load_config(config)
+        with Ledger.open(
+            ledger, sweep="nightly", param_names=cfg.matrix.param_names, run_id="n1"
+        ):  # the "running sweep"
+            shown = runner.invoke(cli, ["status", str(config)])
+            as_json = runner.invoke(cli, ["status", str(config), "--json"])
+        assert shown.exit_code == 0, shown.output + shown.stderr
+        assert shown.stdout.startswith("run n1: 8 running")
+        assert "held by PID" in shown.stdout and "run n1" in shown.stdout
+        assert as_json.exit_code == 0
+        assert json.loads(as_json.stdout)["held_by"][0].startswith(str(ledger))
+        assert ledger.read_bytes() == before  # nothing written while another process holds it
+
+
 def test_status_of_a_missing_ledger_exits_2(project: Path) -> None:
     result = CliRunner().invoke(cli, ["status", "results/nope.csv"])
     assert result.exit_code == 2
