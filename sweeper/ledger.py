@@ -615,8 +615,14 @@ def _quarantine(path: Path, torn: bytes) -> TornTail:
     try:
         _write_all(fd, torn)
         os.fsync(fd)
-    finally:
+    except BaseException:
+        # A full disk: leave no empty or partial evidence file behind, or every retry while
+        # the disk stays full would add one. The ledger is untouched and the error says why.
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+        raise
+    os.close(fd)
     fsync_directory(path.parent)
     log.warning(
         "The ledger %s ended with a torn record (%d bytes, cut by a crash); moved it to %s "

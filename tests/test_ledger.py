@@ -256,6 +256,36 @@ def test_torn_tail_is_quarantined_and_repaired(tmp_path: Path) -> None:
     assert state_of(current_state(rows)["c1"]) is State.SUCCEEDED
 
 
+def test_a_full_disk_while_moving_a_torn_tail_aside_leaves_no_file_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each retry on a still-full disk fails cleanly: the ledger is untouched and no empty
+    `.torn-*` file piles up."""
+    path = tmp_path / "l.csv"
+    with open_ledger(path) as led:
+        led.append(make_row("c1"))
+    torn = b"sweeper-ledger/1,2026-11-29T12:00:01.000Z,regions"
+    path.write_bytes(path.read_bytes() + torn)
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full(fd: int, data: bytes | memoryview) -> int:
+        if ".torn-" in os.readlink(f"/proc/self/fd/{fd}"):  # the evidence file: no room
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    for _ in range(3):
+        with pytest.raises((LedgerError, OSError)):
+            open_ledger(path)
+        assert not list(tmp_path.glob("*.torn-*"))
+        assert path.read_bytes() == before
+    monkeypatch.setattr(os, "write", real_write)  # room again: the repair goes through
+    with open_ledger(path) as led:
+        assert led.torn_tail is not None and led.torn_tail.quarantine.read_bytes() == torn
+    assert len(list(tmp_path.glob("*.torn-*"))) == 1
+
+
 def test_torn_header_restarts_the_file(tmp_path: Path) -> None:
     path = tmp_path / "l.csv"
     path.write_bytes(b"schema,ts,swe")
