@@ -26,8 +26,8 @@ Clock = Callable[[], float]
 # server window with one sent a full window later. That delay does not grow with the window.
 QUOTA_MARGIN = 0.01
 QUOTA_MARGIN_MAX_S = 0.25
-# POSTs that may go at once before even spacing takes over: a run's first few combinations do
-# not wait, and the platform still never sees more than a handful together.
+# POSTs that may go together: a run's first combinations do not wait for their slot one by one,
+# and the platform never sees more than a handful at once (three every 3 x window / count).
 SUBMIT_BURST = 3
 
 
