@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from sweeper.errors import OutputError
+from sweeper.ledger import fsync_directory
 
 # A spreadsheet runs a cell that starts with one of these as a formula (OWASP CSV injection).
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -16,14 +17,6 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 def neutralize(cell: str) -> str:
     """Prefix a cell that a spreadsheet would run as a formula with `'` (OWASP ASVS 1.2.10)."""
     return "'" + cell if cell.startswith(FORMULA_START) else cell
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AtomicFile:
@@ -53,7 +46,7 @@ class AtomicFile:
             os.fsync(self.handle.fileno())
             self.handle.close()
             os.replace(self.tmp, self.path)
-            _fsync_directory(self.path.parent)
+            fsync_directory(self.path.parent)
         except OSError as exc:
             self.discard()
             raise _error(self.path, exc) from None
