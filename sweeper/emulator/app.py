@@ -32,6 +32,7 @@ from sweeper.emulator.http import (
     user_key,
     validation_failed,
 )
+from sweeper.emulator.oauth import OAuthIssuer, oauth_routes
 from sweeper.emulator.openapi import openapi_route
 from sweeper.emulator.oracle import oracle_routes
 from sweeper.emulator.quota import Quota, too_many_details
@@ -466,6 +467,7 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         _route("/v4/jobLibrary", {"GET": list_job_library}),
         openapi_route(),
         *oracle_routes(),
+        *oauth_routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -473,4 +475,10 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         exception_handlers={ApiProblem: json_error_handler, HTTPException: http_error_handler},
     )
     app.state.emulator = emulator
+    app.state.oauth = OAuthIssuer(
+        emulator.store,
+        emulator.engine.now,
+        initial_refresh_token=emulator.settings.oauth_refresh_token,
+        access_seconds=emulator.settings.access_token_seconds,
+    )
     return app
