@@ -99,3 +99,19 @@ def test_unknown_filters_are_validation_failures_and_credentials_are_needed(
         assert (await api.get("/v4/jobLibrary")).status_code == 401
 
     _run(tmp_path, body)
+
+
+def test_ranfrom_null_is_reported_apart_from_not_sent(tmp_path: Path) -> None:
+    async def body(api: Api, clock: FakeClock) -> None:
+        hidden = await _post(api, ranfrom=None)
+        plain = await _post(api)
+        scheduled = await _post(api, ranfrom="schedule")
+        shown = {}
+        for group_id in (hidden, plain, scheduled):
+            answer = await api.get(f"/v4/jobGroups/{group_id}", headers=_auth("user-one-token"))
+            shown[group_id] = answer.json()["ranfrom"]
+        assert shown == {hidden: None, plain: "api", scheduled: "schedule"}
+        assert await _ids(api, ranfrom="null") == [hidden]
+        assert await _ids(api, ranfrom="api") == [plain]
+
+    _run(tmp_path, body)

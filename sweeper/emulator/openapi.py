@@ -76,7 +76,7 @@ JOB_GROUP = {
     "properties": {
         "id": {"type": "integer"},
         "status": STATUS,
-        "ranfrom": {"type": "string"},
+        "ranfrom": {"type": ["string", "null"], "description": "null when run with ranfrom: null"},
         "ranfor": {"type": "string"},
         "profilingEnabled": {"type": "boolean"},
         "runParameterReferenceDate": {"type": "string"},
