@@ -14,7 +14,7 @@ Two figures per job length:
   steps is the same as at full scale; only the few ms each GET takes in real time grow
   relative to the sleeps (they make a poll happen later in emulated time, so this can only
   *lower* the count slightly). GETs are counted by a transport wrapper, per job group; since
-  polls that come due together are batched into one `GET /v4/jobGroups` listing, listings are
+  polls that come due together are batched into `GET /v4/jobLibrary` pages, which are
   counted per run too, and "status requests/group" is (GETs + listings) / groups.
 Target: <= 20 status requests per job group for a one-hour job.
 """
@@ -37,7 +37,8 @@ from harness import TOKEN, TOKEN_ENV, median, scratch, served_emulator, write_sw
 LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
 GROUP_PATH = re.compile(r"/v4/jobGroups/(\d+)/?$")  # one group's status, not its /outputs
-LISTING_PATH = re.compile(r"/v4/jobGroups/?$")  # the listing that batched polls share
+# the job-library pages (or the older listing) that batched polls share
+LISTING_PATH = re.compile(r"/v4/(jobLibrary|jobGroups)/?$")
 
 
 class CountingTransport(httpx.AsyncBaseTransport):
@@ -46,7 +47,7 @@ class CountingTransport(httpx.AsyncBaseTransport):
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.gets: Counter[int] = Counter()
-        self.listings = 0  # GET /v4/jobGroups: one request answering for every group it lists
+        self.listings = 0  # GET /v4/jobLibrary pages: one request answers for every group listed
         self.posts = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -2,18 +2,22 @@
 
 Tokens come from an environment variable or a file only the owner can read, never from argv or the
 config file itself. Supported schemes: Bearer (Cloud Dataprep, Trifacta), HTTP Basic (on-prem
-Trifacta), and OAuth refresh (Alteryx Analytics Cloud, whose access tokens last 5 minutes).
+Trifacta), and OAuth refresh (Alteryx Analytics Cloud, whose access tokens last 5 minutes and whose
+refresh tokens rotate: a refresh token kept in a file is rewritten there, under a lock).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import logging
 import os
 import ssl
 import stat
+import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,8 +28,12 @@ from sweeper.config import ApiSettings, is_loopback_host
 from sweeper.errors import AuthError, ConfigError
 from sweeper.redact import MIN_SECRET_LENGTH, add_secrets, basic_forms, redact
 
+log = logging.getLogger("sweeper.auth")
+
 DEMO_TOKEN = "sweeper-embedded-demo-token"  # the embedded emulator accepts any bearer token
 _REFRESH_MARGIN = 30.0  # refresh an OAuth access token this many seconds before it expires
+_LOCK_WAIT = 120.0  # seconds to wait for another sweep's refresh of the same token file
+_LOCK_POLL = 0.05  # seconds between tries of that lock (flock has no async form)
 
 
 class BearerAuth(httpx.Auth):
@@ -48,6 +56,11 @@ class OAuthRefreshAuth(httpx.Auth):
     It refreshes before the first request when no access token is known, shortly before a known
     expiry, and once after a 401; the request is then retried once. A second 401 is returned
     as-is (the client maps it to AuthError), so it never loops. A failed refresh raises AuthError.
+
+    With ``token_file``, the refresh token lives in that file and refresh tokens may rotate (the
+    old one dies when a new one is issued): each refresh holds an flock on a sibling ``.lock``
+    file, re-reads the token file under it (another sweep may have rotated it already), and
+    writes the new refresh token back atomically before the new access token is used.
     """
 
     requires_response_body = True
@@ -60,6 +73,7 @@ class OAuthRefreshAuth(httpx.Auth):
         client_id: str,
         access_token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        token_file: Path | None = None,
     ) -> None:
         self._token_url = token_url
         self._refresh_token = refresh_token
@@ -67,6 +81,7 @@ class OAuthRefreshAuth(httpx.Auth):
         self._access_token = access_token
         self._expires_at: float | None = None
         self._clock = clock
+        self._token_file = token_file
         self._generation = 0  # bumped on each refresh, so concurrent 401s refresh only once
         self._lock: asyncio.Lock | None = None
 
@@ -90,14 +105,20 @@ class OAuthRefreshAuth(httpx.Auth):
             headers={"Accept": "application/json"},
         )
 
+    def _where(self) -> str:
+        """Where the user puts a new refresh token, for messages."""
+        if self._token_file is not None:
+            return f"put the new refresh token in {self._token_file} (alone, mode 0600)"
+        return "set it in the refresh-token environment variable"
+
     def _accept_refresh(self, response: httpx.Response) -> None:
         path = urlsplit(self._token_url).path or "/"
         if response.status_code != 200:
             raise AuthError(
                 f"Refreshing the OAuth access token at {path} failed with HTTP "
-                f"{response.status_code}. The refresh token may have expired or been revoked: "
-                "create a new OAuth token pair, set it in the refresh-token environment "
-                "variable, and resume the run.",
+                f"{response.status_code}. The refresh token may have expired, been revoked, or "
+                f"been used up by a rotation sweeper did not see: create a new OAuth token pair, "
+                f"{self._where()}, and resume the run.",
                 status_code=response.status_code,
             )
         try:
@@ -111,23 +132,65 @@ class OAuthRefreshAuth(httpx.Auth):
             ) from None
         if not isinstance(token, str) or not token:
             raise AuthError(f"The OAuth token endpoint {path} returned an empty access token.")
+        new_refresh = payload.get("refresh_token")
+        rotated = isinstance(new_refresh, str) and bool(new_refresh)
+        # Tokens issued mid-run were not known when redaction was installed: mask them too.
+        add_secrets([token, new_refresh if rotated else self._refresh_token])
+        if rotated and new_refresh != self._refresh_token:
+            # The old refresh token is dead now: the file must hold the new one before anything
+            # else happens, or a crash would leave only a dead token behind.
+            self._refresh_token = new_refresh
+            if self._token_file is not None:
+                self._store(new_refresh)
         self._access_token = token
         self._generation += 1
-        new_refresh = payload.get("refresh_token")
-        if isinstance(new_refresh, str) and new_refresh:  # rotating refresh tokens
-            self._refresh_token = new_refresh
-        # Tokens issued mid-run were not known when redaction was installed: mask them too.
-        add_secrets([token, self._refresh_token])
         expires_in = payload.get("expires_in")
         if isinstance(expires_in, (int, float)) and expires_in > 0:
             self._expires_at = self._clock() + float(expires_in)
         else:
             self._expires_at = None
 
+    def _store(self, refresh_token: str) -> None:
+        """Write the rotated refresh token to the token file; a failure is only warned about."""
+        assert self._token_file is not None
+        try:
+            write_token_file(self._token_file, refresh_token)
+        except OSError as exc:
+            # The run can go on with the token in memory; the next one needs a new token pair.
+            log.warning(
+                "The OAuth refresh token was rotated but %s could not be updated (%s): the token "
+                "there no longer works. After this run, create a new OAuth token pair and put "
+                "the refresh token in %s.",
+                self._token_file,
+                exc.strerror or type(exc).__name__,
+                self._token_file,
+            )
+
+    def _reread(self) -> None:
+        """Adopt the token file's refresh token: another sweep may have rotated it."""
+        assert self._token_file is not None
+        try:
+            current = read_token_file(self._token_file)
+        except ConfigError as exc:
+            raise AuthError(f"{exc} The OAuth refresh token is read from it.") from None
+        if current != self._refresh_token:
+            add_secrets([current])
+            self._refresh_token = current
+
     def _stale(self) -> bool:
         if self._access_token is None:
             return True
         return self._expires_at is not None and self._clock() >= self._expires_at - _REFRESH_MARGIN
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Around one refresh: the token file's lock, and its current token, if there is one."""
+        if self._token_file is None:
+            yield
+            return
+        async with _file_lock(self._token_file):
+            self._reread()
+            yield
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -137,7 +200,10 @@ class OAuthRefreshAuth(httpx.Auth):
         if self._stale():
             async with self._lock:
                 if self._stale():
-                    self._accept_refresh((yield self._refresh_request()))
+                    async with self._guard():
+                        refreshed = yield self._refresh_request()
+                        await refreshed.aread()  # streamed by the client; not read for us
+                        self._accept_refresh(refreshed)
         generation = self._generation
         request.headers["Authorization"] = f"Bearer {self._access_token}"
         response = yield request
@@ -146,9 +212,69 @@ class OAuthRefreshAuth(httpx.Auth):
         async with self._lock:
             # Another request may have refreshed while this one was in flight: reuse its token.
             if self._generation == generation:
-                self._accept_refresh((yield self._refresh_request()))
+                async with self._guard():
+                    refreshed = yield self._refresh_request()
+                    await refreshed.aread()
+                    self._accept_refresh(refreshed)
         request.headers["Authorization"] = f"Bearer {self._access_token}"
         yield request  # the one retry; whatever it answers goes back to the caller
+
+
+@contextlib.asynccontextmanager
+async def _file_lock(path: Path) -> AsyncIterator[None]:
+    """An exclusive flock on ``<path>.lock``, waited for without blocking the event loop."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        raise AuthError(
+            f"The lock file {lock_path} beside the OAuth token file cannot be opened "
+            f"({exc.strerror}); sweeper needs to create it there to refresh the token safely."
+        ) from None
+    try:
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise AuthError(
+                        f"Another process has held {lock_path} for {_LOCK_WAIT:g} s while "
+                        f"refreshing the OAuth token in {path}; if none is running, delete "
+                        "the lock file and resume."
+                    ) from None
+                await asyncio.sleep(_LOCK_POLL)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def write_token_file(path: Path, token: str) -> None:
+    """Replace the token file's content atomically: a 0600 file beside it, fsync, rename."""
+    target = Path(os.path.realpath(path))  # a symlinked token file stays a symlink
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # The rename itself must survive a power loss, or the old (dead) token comes back.
+    with contextlib.suppress(OSError):
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _config_dir(config_path: Path | None) -> Path | None:
@@ -337,15 +463,21 @@ def build_auth(
                 path=str(config_path) if config_path else None,
                 key="api.token_url",
             )
-        refresh = _required(
-            environ,
-            api.refresh_token_env,
-            "OAuth refresh token",
-            "api.refresh_token_env",
-            config_path,
-        )
-        what = f"The OAuth refresh token in ${api.refresh_token_env}"
-        _long_enough(refresh, what, config_path, "api.refresh_token_env")
+        # A token file wins over the variable: only a file can follow the refresh token's
+        # rotation from one sweep to the next.
+        token_file = _token_file(api, config_path)
+        if token_file is not None:
+            refresh = read_token_file(token_file)
+        else:
+            refresh = _required(
+                environ,
+                api.refresh_token_env,
+                "OAuth refresh token",
+                "api.refresh_token_env",
+                config_path,
+            )
+            what = f"The OAuth refresh token in ${api.refresh_token_env}"
+            _long_enough(refresh, what, config_path, "api.refresh_token_env")
         client_id = _required(
             environ, api.client_id_env, "OAuth client id", "api.client_id_env", config_path
         )
@@ -359,6 +491,7 @@ def build_auth(
             refresh_token=refresh,
             client_id=client_id,
             access_token=access or None,
+            token_file=token_file,
         )
     raise ConfigError(
         f'Unknown authentication scheme "{redact(api.auth)}"; use "bearer", "basic" or "oauth".',

@@ -17,7 +17,7 @@ import logging
 import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -39,6 +39,7 @@ from sweeper.retry import parse_retry_after
 log = logging.getLogger("sweeper.client")
 
 JOB_GROUPS = "v4/jobGroups"
+JOB_LIBRARY = "v4/jobLibrary"  # replaces the deprecated GET /v4/jobGroups listing
 TERMINAL_STATUSES = frozenset({"Complete", "Failed", "Canceled"})
 RETRY_AFTER_CAP = 300.0  # seconds; a server asking for longer is capped
 _DETAIL_CHARS = 300  # server error text is attacker-influenced: one line, bounded
@@ -398,6 +399,13 @@ def _timestamp(text: str) -> datetime | None:
         return None
 
 
+def _epoch_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch, as the job library's dateFilter wants (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
 def _older(created_at: str, bound: str) -> bool:
     """True when ``created_at`` is before ``bound`` (ISO-8601; falls back to text order)."""
     a, b = _timestamp(created_at), _timestamp(bound)
@@ -428,7 +436,7 @@ def _matches(
 
 
 class DataprepClient:
-    """Async client for POST/GET /v4/jobGroups; an async context manager.
+    """Async client for POST/GET /v4/jobGroups and GET /v4/jobLibrary; an async context manager.
 
     ``max_connections`` is the most requests the caller will have in flight at once (and the most
     idle connections kept). Without ``transport``, httpx builds its own
@@ -450,6 +458,9 @@ class DataprepClient:
         max_connections: int = 10,
     ) -> None:
         self.base_url = str(base_url).rstrip("/") + "/"
+        # Whether GET /v4/jobLibrary exists here: None until asked, False after a 404 (older
+        # on-prem releases), after which recent_job_groups() uses the deprecated listing.
+        self.job_library: bool | None = None
         self._path_prefix = httpx.URL(self.base_url).path.rstrip("/") + "/"
         # With transport=None httpx builds AsyncHTTPTransport itself, plus one per proxy found in
         # the environment; passing one of our own would switch the proxy lookup off.
@@ -621,6 +632,56 @@ class DataprepClient:
             _bad_shape(answer, "the body has no data list")
         return [g for g in (_parse_group(x) for x in items) if g is not None]
 
+    async def list_job_library(
+        self,
+        *,
+        limit: int = 25,
+        offset: int = 0,
+        sort: str = "-createdAt",
+        created_since: datetime | None = None,
+        status: str | None = None,
+        ranfrom: str | None = None,
+        text: str | None = None,
+        run_by: str | None = None,
+    ) -> list[JobGroupState]:
+        """GET /v4/jobLibrary (one page); ``created_since`` becomes dateFilter[createdAt][gte]."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset, "sort": sort}
+        if created_since is not None:
+            params["dateFilter[createdAt][gte]"] = _epoch_ms(created_since)
+        for name, value in (("status", status), ("ranfrom", ranfrom), ("filter", text)):
+            if value is not None:
+                params[name] = value
+        if run_by is not None:
+            params["runBy"] = run_by
+        answer = await self._send("GET", JOB_LIBRARY, params=params)
+        items = _data_list(_json(answer))
+        if items is None:
+            _bad_shape(answer, "the body has no data list")
+        return [g for g in (_parse_group(x) for x in items) if g is not None]
+
+    async def recent_job_groups(
+        self, *, limit: int = 25, offset: int = 0, created_since: datetime | None = None
+    ) -> list[JobGroupState]:
+        """One page of job groups, newest first: the job library, or the listing where it is 404.
+
+        The listing cannot filter by date, so its page may hold groups older than
+        ``created_since``; callers skip them.
+        """
+        if self.job_library is not False:
+            try:
+                groups = await self.list_job_library(
+                    limit=limit, offset=offset, created_since=created_since
+                )
+            except ApiRejectedError as exc:
+                if exc.status_code != 404:
+                    raise
+                log.info("GET /v4/jobLibrary is not served here (404): using GET /v4/jobGroups")
+                self.job_library = False
+            else:
+                self.job_library = True
+                return groups
+        return await self.list_job_groups(limit=limit, offset=offset)
+
     async def find_job_group(
         self,
         *,
@@ -633,12 +694,16 @@ class DataprepClient:
     ) -> JobGroupState | None:
         """Reconciliation lookup: the newest job group matching what a lost POST would have made.
 
-        Pages through the newest groups until one is older than ``created_after`` (or a short
-        page, or ``max_pages``). A group matches on dataset id plus the run parameters when the
-        server returns them, else plus the writeSetting paths. None when nothing matches.
+        Pages through the newest groups (the job library narrowed to ``created_after``, else the
+        listing) until one is older than ``created_after`` (or a short page, or ``max_pages``). A
+        group matches on dataset id plus the run parameters when the server returns them, else
+        plus the writeSetting paths. None when nothing matches.
         """
+        since = _timestamp(created_after) if created_after is not None else None
         for page in range(max_pages):
-            groups = await self.list_job_groups(limit=page_size, offset=page * page_size)
+            groups = await self.recent_job_groups(
+                limit=page_size, offset=page * page_size, created_since=since
+            )
             for group in groups:
                 if created_after is not None and _older(group.created_at, created_after):
                     return None

@@ -52,6 +52,8 @@ class SweepSettings:
     dataset: int  # wrangledDataset.id
     ledger: Path  # absolute; default: results/<name>.csv under the project root
     max_combinations: int = 10_000
+    # the job group's ranfrom: None = not sent; "null" = JSON null (hidden from Job Details)
+    ranfrom: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def project_root(config_path: Path) -> Path:
 # Every key the loader accepts, by section; docs/config.md documents each (tests check it).
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "sweep": ("name", "dataset", "ledger", "max_combinations"),
+        "sweep": ("name", "dataset", "ledger", "max_combinations", "ranfrom"),
         "api": (
             "base_url",
             "token_env",
@@ -212,6 +214,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
 
 _ENUMS = {
     "auth": ("bearer", "basic", "oauth"),
+    "ranfrom": ("ui", "schedule", "api", "null"),  # TOML has no null: "null" stands for it
     "action": ("create", "append", "overwrite"),
     "format": ("csv", "json", "avro", "pqt", "hyper"),
     "compression": ("none", "gzip", "bzip2", "snappy"),
@@ -490,7 +493,8 @@ def _sweep(r: _Reader, t: Mapping[str, Any]) -> SweepSettings:
         raise r._want("a file path (string)", ledger_raw, "sweep.ledger")
     max_combinations = r.integer(t, "max_combinations", "sweep", 10_000, 1)
     ledger = Path(os.path.normpath(project_root(r.path) / Path(ledger_raw).expanduser()))
-    return SweepSettings(name, dataset, ledger, max_combinations)
+    ranfrom = r.choice(t, "ranfrom", "sweep", None)
+    return SweepSettings(name, dataset, ledger, max_combinations, ranfrom)
 
 
 def _api(r: _Reader, t: Mapping[str, Any]) -> ApiSettings:

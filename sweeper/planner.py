@@ -178,7 +178,7 @@ class Planner:
     def _plan(self, combos: Iterator[Combination]) -> Iterator[PlannedCombination]:
         cfg = self.config
         try:
-            request = RequestTemplate(cfg.sweep.dataset, cfg.overrides)
+            request = RequestTemplate(cfg.sweep.dataset, cfg.overrides, cfg.sweep.ranfrom)
         except MatrixError as exc:
             if exc.path:
                 raise

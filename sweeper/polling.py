@@ -1,31 +1,37 @@
-"""Status polls for many job groups: aligned in time and batched into one listing.
+"""Status polls for many job groups: aligned in time and batched into job-library pages.
 
 Each waiting job group polls on its own backoff schedule (``pacing.poll_delays``). Two things keep
 the platform's load low when hundreds of groups wait at once:
 
 - ``pacing.aligned_delay`` rounds each poll time up to a shared grid (a quarter of the delay), so
   groups submitted a few seconds apart come due together;
-- ``StatusPoller`` answers asks that come due together from one ``GET /v4/jobGroups`` listing
-  (newest first) where the API has one, and falls back to one ``GET /v4/jobGroups/{id}`` for a
-  group the page does not hold. Editions without the listing (Legacy/Standard Dataprep answer it
-  with 403/404) turn batching off for the rest of the run.
+- ``StatusPoller`` answers asks that come due together from pages of ``GET /v4/jobLibrary``
+  (newest first, narrowed by ``dateFilter[createdAt][gte]`` to the run's window), or of the
+  deprecated ``GET /v4/jobGroups`` listing where the job library answers 404 (older on-prem
+  releases; one page then, since the listing cannot be narrowed). A group the pages do not hold
+  gets one ``GET /v4/jobGroups/{id}``. Editions without either (Legacy/Standard Dataprep answer
+  403/404) turn batching off for the rest of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 from sweeper.client import DataprepClient, JobGroupState
 from sweeper.errors import ApiError, ApiRejectedError, AuthError
 from sweeper.pacing import Pacer
 
 MAX_PAGE = 100  # the most groups one listing asks for
+MAX_PAGES = 10  # the most job-library pages one round reads; the rest are polled one by one
+CLOCK_SKEW = timedelta(minutes=5)  # the server's createdAt may run behind our clock
 
 
 class StatusPoller:
-    """``await get(id)`` for many pollers; asks that arrive together share one listing."""
+    """``await get(id)`` for many pollers; asks that arrive together share job-library pages."""
 
     def __init__(
         self,
@@ -34,15 +40,21 @@ class StatusPoller:
         *,
         window: float = 0.05,
         clock: Callable[[], float] = time.time,
+        since: datetime | None = None,
     ) -> None:
         self.client = client
         self.gate = gate
         self.window = window  # how long the first ask waits for others to join its batch
         self.clock = clock
+        # Job groups polled here were created after this: the job library is narrowed to it.
+        # Default: when the poller was made (a run makes it before submitting), less clock skew;
+        # a group from before (a resumed run) is simply polled by id until its createdAt is seen.
+        self.since = since or datetime.fromtimestamp(clock(), timezone.utc) - CLOCK_SKEW
         self.batching = True
-        self.listings = 0  # GET /v4/jobGroups sent
+        self.listings = 0  # pages of GET /v4/jobLibrary or GET /v4/jobGroups sent
         self.gets = 0  # GET /v4/jobGroups/{id} sent
         self._waiting: dict[int, list[asyncio.Future[JobGroupState]]] = {}
+        self._created: dict[int, datetime] = {}  # createdAt of groups answered so far
         self._flusher: asyncio.Task[None] | None = None
 
     async def get(self, job_group_id: int) -> JobGroupState:
@@ -83,6 +95,9 @@ class StatusPoller:
         )
         answers: dict[int, JobGroupState | BaseException] = dict(found)
         answers.update(zip(missing, results, strict=True))
+        for answer in answers.values():
+            if isinstance(answer, JobGroupState):
+                self._remember(answer)
         for gid, futures in waiting.items():
             answer = answers[gid]
             for future in futures:
@@ -93,19 +108,55 @@ class StatusPoller:
                 else:
                     future.set_result(answer)
 
+    def _window(self, waiting: dict[int, list[asyncio.Future[JobGroupState]]]) -> datetime:
+        """The earliest creation time the waiting groups can have (widened by what was seen)."""
+        seen = [self._created[gid] for gid in waiting if gid in self._created]
+        return min([self.since, *(t - CLOCK_SKEW for t in seen)])
+
+    def _remember(self, group: JobGroupState) -> None:
+        created = _parse_time(group.created_at)
+        if created is not None:
+            self._created[group.id] = created
+
     async def _list(
         self, waiting: dict[int, list[asyncio.Future[JobGroupState]]]
     ) -> dict[int, JobGroupState]:
+        since = self._window(waiting)
+        found: dict[int, JobGroupState] = {}
         limit = min(MAX_PAGE, max(25, 2 * len(waiting)))
+        # Enough pages for every waiting group plus one for groups others created meanwhile.
+        pages = min(MAX_PAGES, math.ceil(len(waiting) / limit) + 1)
         try:
-            await self.gate.acquire()
-            self.listings += 1
-            groups = await self.client.list_job_groups(limit=limit, sort="-createdAt")
+            for page in range(pages):
+                await self.gate.acquire()
+                self.listings += 1
+                groups = await self.client.recent_job_groups(
+                    limit=limit, offset=page * limit, created_since=since
+                )
+                for group in groups:
+                    # A page may leave jobs out: a group that ended is then read by id, once,
+                    # so its job ids and errors are recorded.
+                    if group.id in waiting and (group.jobs or not group.terminal):
+                        found[group.id] = group
+                if (
+                    len(found) == len(waiting)
+                    or len(groups) < limit
+                    or self.client.job_library is False  # the listing: newest page only
+                ):
+                    break
         except AuthError:
-            return {}  # each group's own GET reports it
+            return found  # each group's own GET reports it
         except ApiRejectedError:
             self.batching = False  # no listing on this edition: poll one by one from now on
             return {}
         except ApiError:
-            return {}  # a passing failure: this round polls one by one
-        return {g.id: g for g in groups if g.id in waiting}
+            return found  # a passing failure: the rest of this round polls one by one
+        return found
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)

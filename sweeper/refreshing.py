@@ -24,7 +24,7 @@ from sweeper.ledger import (
 )
 from sweeper.pacing import Pacer, poll_delays
 from sweeper.planner import Planner, latest_as_of
-from sweeper.polling import StatusPoller
+from sweeper.polling import CLOCK_SKEW, StatusPoller
 from sweeper.shards import LedgerSet
 from sweeper.waiter import finished_fields
 
@@ -72,6 +72,16 @@ class StatusResult:
     @property
     def open(self) -> int:
         return sum(1 for row in self.rows if state_of(row).is_open)
+
+
+def _run_start(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
+    """When the run's first row was written, less clock skew: its groups were created after."""
+    stamps = [row.ts for row in history if row.run_id == run_id and row.ts]
+    try:
+        first = datetime.fromisoformat(min(stamps).replace("Z", "+00:00")) if stamps else None
+    except ValueError:
+        return None  # a hand-edited ledger: the poller's own default applies
+    return first - CLOCK_SKEW if first is not None else None
 
 
 def open_groups(rows: Sequence[LedgerRow]) -> list[LedgerRow]:
@@ -128,7 +138,7 @@ async def refresh(
     if shared is not None:
         result.held_by = list(shared.busy)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
-    poller = StatusPoller(client, gate)
+    poller = StatusPoller(client, gate, since=_run_start(history, rid))
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
     expected: dict[str, tuple[str, ...]] | None = None

@@ -186,6 +186,7 @@ class RequestTemplate:
 
     dataset: int
     overrides: Mapping[str, Any]
+    ranfrom: str | None = None  # sweep.ranfrom: None = not sent, "null" = sent as JSON null
 
     def render(self, combo: Combination, run_id: str) -> tuple[dict[str, Any], tuple[str, ...]]:
         """The exact body for one combination (plain dicts and lists) and its output paths."""
@@ -198,4 +199,6 @@ class RequestTemplate:
         if combo.params:
             data = [{"key": k, "value": v} for k, v in combo.params.items()]
             body["runParameters"] = {"overrides": {"data": data}}
+        if self.ranfrom is not None:
+            body["ranfrom"] = None if self.ranfrom == "null" else self.ranfrom
         return body, paths

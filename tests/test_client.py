@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -487,3 +488,64 @@ def test_concurrent_requests_all_succeed() -> None:
 
     assert run(go()) == ["Complete"] * 30
     assert count == 30
+
+
+class PathLister(Lister):
+    """A Lister that records each request's path and answers 404 for ``missing`` paths."""
+
+    def __init__(self, groups: list[dict[str, Any]], missing: tuple[str, ...] = ()) -> None:
+        super().__init__(groups)
+        self.missing = missing
+        self.paths: list[str] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path in self.missing:
+            return httpx.Response(404, json={"exception": {"name": "NotFound", "message": "no"}})
+        return super().__call__(request)
+
+
+def test_find_job_group_narrows_the_job_library_to_the_run_window() -> None:
+    lister = PathLister([_group(7, "2026-01-02T00:31:00.000Z", {"Region": "wanted"})])
+    found = call(
+        lister,
+        "find_job_group",
+        dataset_id=33,
+        run_parameters={"Region": "wanted"},
+        created_after="2026-01-02T00:30:00.000Z",
+    )
+    assert found is not None and found.id == 7
+    assert lister.paths == ["/v4/jobLibrary"]
+    since = datetime(2026, 1, 2, 0, 30, tzinfo=timezone.utc)
+    assert lister.calls[0]["dateFilter[createdAt][gte]"] == str(int(since.timestamp() * 1000))
+    assert "embed" not in lister.calls[0]  # the job library does not document embed
+
+
+def test_find_job_group_falls_back_to_the_listing_once_where_the_job_library_is_404() -> None:
+    lister = PathLister(
+        [_group(7, "2026-01-02T00:31:00.000Z", {"Region": "wanted"})], missing=("/v4/jobLibrary",)
+    )
+
+    async def go() -> list[Any]:
+        async with make_client(lister) as client:
+            args: dict[str, Any] = {"dataset_id": 33, "run_parameters": {"Region": "wanted"}}
+            first = await client.find_job_group(**args)
+            second = await client.find_job_group(**args)
+            return [first, second, client.job_library]
+
+    first, second, library = asyncio.run(go())
+    assert first is not None and first.id == 7 and second is not None and second.id == 7
+    assert library is False
+    assert lister.paths == ["/v4/jobLibrary", "/v4/jobGroups", "/v4/jobGroups"]
+
+
+def test_a_job_library_error_other_than_404_is_not_a_fallback() -> None:
+    lister = PathLister([], missing=())
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        lister.paths.append(request.url.path)
+        return httpx.Response(400, json={"exception": {"name": "ValidationFailed", "message": "x"}})
+
+    with pytest.raises(ApiRejectedError):
+        call(refuse, "find_job_group", dataset_id=33, run_parameters={"Region": "x"})
+    assert lister.paths == ["/v4/jobLibrary"]

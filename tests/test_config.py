@@ -433,3 +433,21 @@ def test_a_strftime_pattern_on_a_date_placeholder_is_still_accepted(tmp_path: Pa
         + '[[overrides.writeSettings]]\npath = "o/{day:%Y/%m/%d}/{Region}.csv"\n'
     )
     assert load(tmp_path, text).overrides["writesettings"][0]["path"].endswith("{Region}.csv")
+
+
+@pytest.mark.parametrize(
+    ("line", "sent"),
+    [("", "absent"), ('ranfrom = "null"', None), ('ranfrom = "schedule"', "schedule")],
+)
+def test_sweep_ranfrom_is_sent_only_when_set_and_null_as_json_null(
+    tmp_path: Path, line: str, sent: object
+) -> None:
+    config = load(tmp_path, f'[sweep]\nname = "r"\ndataset = 33\n{line}\n[matrix]\nA = ["1"]\n')
+    (item,) = list(Planner(config, history=[], run_id="r1", as_of=AS_OF))
+    assert item.body.get("ranfrom", "absent") == sent  # what the POST sends, None as JSON null
+
+
+def test_sweep_ranfrom_refuses_values_outside_the_enum(tmp_path: Path) -> None:
+    text = '[sweep]\nname = "r"\ndataset = 33\nranfrom = "cli"\n[matrix]\nA = ["1"]\n'
+    err = error(tmp_path, text)
+    assert err.key == "sweep.ranfrom" and "ui, schedule, api, null" in str(err)

@@ -32,6 +32,7 @@ def test_openapi_document_lists_the_v4_surface() -> None:
         "/v4/jobGroups/{id}/jobs",
         "/v4/jobGroups/{id}/cancel",
         "/v4/jobGroups/{id}/outputs",
+        "/v4/jobLibrary",
     } <= set(paths)
     assert schema.raw_schema["openapi"].startswith("3.")
 

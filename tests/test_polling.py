@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import sweeper
-from sweeper.client import DataprepClient
+from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import load_config
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.ledger import Event, read_ledger
@@ -41,15 +41,25 @@ def test_aligned_delay_lands_on_the_grid_and_is_at_most_a_quarter_longer(
 class Counting(httpx.AsyncBaseTransport):
     """Counts requests per (method, path shape) on their way to the in-process emulator."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, *, list_status: int | None = None) -> None:
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        *,
+        list_status: int | None = None,
+        missing: tuple[str, ...] = ("/v4/jobGroups",),
+    ) -> None:
         self.inner = inner
-        self.list_status = list_status  # answer the listing with this status instead
+        self.list_status = list_status  # answer the paths in `missing` with this status instead
+        self.missing = missing
         self.counts: collections.Counter[str] = collections.Counter()
+        self.queries: list[httpx.QueryParams] = []  # of GET /v4/jobLibrary
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         shape = re.sub(r"/\d+", "/{id}", request.url.path)
         self.counts[f"{request.method} {shape}"] += 1
-        if self.list_status and request.method == "GET" and shape == "/v4/jobGroups":
+        if shape == "/v4/jobLibrary":
+            self.queries.append(request.url.params)
+        if self.list_status and request.method == "GET" and shape in self.missing:
             body = {"exception": {"name": "RouteNotFoundException", "message": "no", "details": ""}}
             return httpx.Response(self.list_status, json=body)
         return await self.inner.handle_async_request(request)
@@ -82,9 +92,12 @@ def test_groups_that_come_due_together_share_one_listing(write_config: Any, tmp_
     summary, rows = _run(_sweep(write_config), transport)
     assert summary.succeeded == 12
     assert sum(1 for r in rows if r.event is Event.FINISHED) == 12
-    listings = transport.counts["GET /v4/jobGroups"]
+    listings = transport.counts["GET /v4/jobLibrary"]
     singles = transport.counts["GET /v4/jobGroups/{id}"]
     assert listings >= 1
+    assert transport.counts["GET /v4/jobGroups"] == 0  # the deprecated listing is not needed
+    # Every page is narrowed to the run's time window.
+    assert all("dateFilter[createdAt][gte]" in q for q in transport.queries)
     # Without batching every group needs at least one GET of its own to be seen ending.
     assert singles < 12
 
@@ -93,10 +106,12 @@ def test_without_a_listing_batching_turns_off_and_every_group_is_polled(
     write_config: Any, tmp_path: Path
 ) -> None:
     inner = httpx.ASGITransport(app=create_app(EmulatorSettings(output_root=tmp_path)))
-    transport = Counting(inner, list_status=404)  # a Legacy/Standard edition: no listing
+    # A Legacy/Standard edition: neither the job library nor the listing
+    transport = Counting(inner, list_status=404, missing=("/v4/jobGroups", "/v4/jobLibrary"))
     summary, _ = _run(_sweep(write_config), transport)
     assert summary.succeeded == 12
-    assert transport.counts["GET /v4/jobGroups"] == 1  # tried once, then never again
+    assert transport.counts["GET /v4/jobLibrary"] == 1  # tried once, then never again
+    assert transport.counts["GET /v4/jobGroups"] == 1
     assert transport.counts["GET /v4/jobGroups/{id}"] >= 12
 
 
@@ -131,8 +146,9 @@ def test_poller_answers_each_waiter_and_falls_back_for_groups_off_the_page(
 
     asked, got, poller = asyncio.run(main())
     assert got == asked
-    assert poller.listings == 1
-    assert poller.gets == 1  # only the group off the page needed its own GET
+    # The oldest group is on the second job-library page: pages, not a GET per group.
+    assert poller.listings == 2
+    assert poller.gets == 0
 
 
 def test_a_single_waiter_is_not_batched(tmp_path: Path) -> None:
@@ -182,3 +198,101 @@ def test_an_ask_arriving_while_a_batch_is_on_the_wire_is_answered(tmp_path: Path
 
     ids, got = asyncio.run(main())
     assert got == ids
+
+
+def _submit(client: DataprepClient, count: int) -> Any:
+    async def go() -> list[int]:
+        ids = []
+        for i in range(count):
+            sub = await client.create_job_group(
+                {"wrangledDataset": {"id": 7}}, execution_id=f"m{i}"
+            )
+            assert sub.job_group_id is not None
+            ids.append(sub.job_group_id)
+        return ids
+
+    return go()
+
+
+def _slow_app(tmp_path: Path) -> Any:
+    """An emulator whose jobs stay open long enough to be polled many times."""
+    settings = EmulatorSettings(
+        output_root=tmp_path,
+        quota_user_per_min=0,
+        quota_workspace_per_min=0,
+        created_seconds=3600.0,
+    )
+    return create_app(settings)
+
+
+def test_polls_of_many_open_groups_cost_job_library_pages_not_a_get_each(tmp_path: Path) -> None:
+    transport = Counting(httpx.ASGITransport(app=_slow_app(tmp_path)))
+
+    async def main() -> tuple[list[int], list[JobGroupState], StatusPoller]:
+        async with DataprepClient("http://e", transport=transport, auth=Bearer()) as client:
+            ids = await _submit(client, 230)
+            poller = StatusPoller(client, Pacer(1, 0.0001, sleep=asyncio.sleep, margin=0.0))
+            states = await asyncio.gather(*(poller.get(i) for i in ids))
+            return ids, list(states), poller
+
+    ids, states, poller = asyncio.run(main())
+    assert [s.id for s in states] == ids
+    assert all(not s.terminal for s in states)
+    assert poller.gets == 0
+    assert transport.counts["GET /v4/jobGroups/{id}"] == 0
+    assert 3 <= transport.counts["GET /v4/jobLibrary"] == poller.listings <= 4  # 100 a page
+    assert transport.counts["GET /v4/jobGroups"] == 0
+
+
+def test_without_the_job_library_polls_fall_back_to_the_listing(tmp_path: Path) -> None:
+    # An older on-prem release: GET /v4/jobLibrary is 404, the deprecated listing works.
+    inner = httpx.ASGITransport(app=_slow_app(tmp_path))
+    transport = Counting(inner, list_status=404, missing=("/v4/jobLibrary",))
+
+    async def main() -> tuple[list[int], list[JobGroupState], StatusPoller, bool | None]:
+        async with DataprepClient("http://e", transport=transport, auth=Bearer()) as client:
+            ids = await _submit(client, 20)
+            poller = StatusPoller(client, Pacer(1, 0.0001, sleep=asyncio.sleep, margin=0.0))
+            states = list(await asyncio.gather(*(poller.get(i) for i in ids)))
+            states += await asyncio.gather(*(poller.get(i) for i in ids))  # a second round
+            return ids, states, poller, client.job_library
+
+    ids, states, poller, library = asyncio.run(main())
+    assert [s.id for s in states] == ids + ids
+    assert library is False  # remembered for this client
+    assert transport.counts["GET /v4/jobLibrary"] == 1  # asked once, never again
+    assert transport.counts["GET /v4/jobGroups"] == 2  # one listing page per round
+    assert poller.batching and poller.gets == 0
+
+
+def test_ended_groups_without_jobs_on_the_page_are_read_once_by_id(tmp_path: Path) -> None:
+    """A job library that leaves jobs out: a finished group's job ids come from its own GET."""
+    app = create_app(EmulatorSettings(output_root=tmp_path, quota_user_per_min=0))
+
+    class NoJobs(httpx.AsyncBaseTransport):
+        def __init__(self) -> None:
+            self.inner = httpx.ASGITransport(app=app)
+            self.singles = 0
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/v4/jobLibrary":
+                request.url = request.url.copy_set_param("embed", "wrangledDataset")
+            elif re.fullmatch(r"/v4/jobGroups/\d+", request.url.path):
+                self.singles += 1
+            return await self.inner.handle_async_request(request)
+
+    transport = NoJobs()
+
+    async def main() -> list[JobGroupState]:
+        async with DataprepClient("http://e", transport=transport, auth=Bearer()) as client:
+            ids = await _submit(client, 3)
+            poller = StatusPoller(client, Pacer(1, 0.0001, sleep=asyncio.sleep, margin=0.0))
+            while True:
+                states = await asyncio.gather(*(poller.get(i) for i in ids))
+                if all(s.terminal for s in states):
+                    return list(states)
+                await asyncio.sleep(0.2)
+
+    states = asyncio.run(main())
+    assert all(s.jobs for s in states)  # each ended group carries its jobs
+    assert transport.singles >= 3

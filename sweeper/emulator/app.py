@@ -1,4 +1,4 @@
-"""The v4 routes: POST/GET job groups, status, jobs, cancel, outputs, list, job status."""
+"""The v4 routes: job groups (run, get, status, jobs, cancel, outputs, list), job library, jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,6 +32,7 @@ from sweeper.emulator.http import (
     user_key,
     validation_failed,
 )
+from sweeper.emulator.oauth import OAuthIssuer, oauth_routes
 from sweeper.emulator.openapi import openapi_route
 from sweeper.emulator.oracle import oracle_routes
 from sweeper.emulator.quota import Quota, too_many_details
@@ -325,6 +327,105 @@ async def list_job_groups(request: Request) -> Response:
     return JSONResponse(body)
 
 
+# What a job-library page embeds when the caller names nothing: the jobs and where they write,
+# as the listing gives with embed=jobs.fileWriterJob.writeSetting.
+LIBRARY_EMBED = frozenset({"jobs", "jobs.writeSetting"})
+DATE_FILTERS = {
+    f"dateFilter[{field}][{op}]": (field, op)
+    for field in ("createdAt", "updatedAt")
+    for op in ("gte", "lt")
+}
+RANFROM = ("ui", "schedule", "api", "null")
+RUN_BY = ("all", "currentUser")
+
+
+def _library_filters(request: Request) -> dict[tuple[str, str], float]:
+    """dateFilter[createdAt|updatedAt][gte|lt] (epoch ms) as seconds; 400 for any other."""
+    bounds: dict[tuple[str, str], float] = {}
+    for name in request.query_params:
+        if name.startswith("dateFilter"):
+            if name not in DATE_FILTERS:
+                valid = ", ".join(DATE_FILTERS)
+                raise validation_failed(f"Unsupported date filter {name}; use one of {valid}.")
+            bounds[DATE_FILTERS[name]] = parse_int(request, name, 0) / 1000.0
+    return bounds
+
+
+def _within(moment: float, field: str, bounds: dict[tuple[str, str], float]) -> bool:
+    low, high = bounds.get((field, "gte")), bounds.get((field, "lt"))
+    return (low is None or moment >= low) and (high is None or moment < high)
+
+
+async def list_job_library(request: Request) -> Response:
+    """listJobLibrary: the listing's job groups, filtered by date, status, ranfrom, text, user."""
+    emulator = _emulator(request)
+    await emulator.delay("list")
+    who = user_key(request, emulator.settings.token)
+    embed = _embed(request) if "embed" in request.query_params else set(LIBRARY_EMBED)
+    parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
+    limit = parse_int(request, "limit", 25, minimum=1, maximum=10_000)
+    offset = parse_int(request, "offset", 0)
+    sort = request.query_params.get("sort") or "-createdAt"
+    if sort not in SORTS:
+        raise validation_failed(f"Unsupported sort {sort!r}; use one of {', '.join(SORTS)}.")
+    bounds = _library_filters(request)
+    statuses = {s for s in request.query_params.get("status", "").split(",") if s}
+    unknown = statuses - {"Created", "InProgress", "Complete", "Failed", "Canceled"}
+    if unknown:
+        raise validation_failed(f"Unknown status {', '.join(sorted(unknown))}.")
+    ranfrom = request.query_params.get("ranfrom") or None
+    if ranfrom is not None and ranfrom not in RANFROM:
+        raise validation_failed(f"Unknown ranfrom {ranfrom!r}; use one of {', '.join(RANFROM)}.")
+    run_by = request.query_params.get("runBy") or "all"
+    if run_by not in RUN_BY:
+        raise validation_failed(f"Unknown runBy {run_by!r}; use all or currentUser.")
+    text = (request.query_params.get("filter") or "").strip().lower()
+    # createdAt narrows in SQL (it is stored); status, updatedAt and the rest are computed.
+    where: list[str] = ["1 = 1"]
+    args: list[Any] = []
+    if ("createdAt", "gte") in bounds:
+        where.append("created_at >= ?")
+        args.append(bounds["createdAt", "gte"])
+    if ("createdAt", "lt") in bounds:
+        where.append("created_at < ?")
+        args.append(bounds["createdAt", "lt"])
+    if run_by == "currentUser":
+        where.append("user_key = ?")
+        args.append(who)
+    rows = emulator.store.query(
+        f"SELECT id FROM job_groups WHERE {' AND '.join(where)} ORDER BY {SORTS[sort]}",
+        tuple(args),
+    )
+    now = emulator.engine.now()
+    matched: list[dict[str, Any]] = []
+    for row in rows:
+        group, jobs = _load(emulator, int(row["id"]))
+        data = emulator.engine.group_json(group, jobs, now, embed | {"wrangledDataset"})
+        name = str(data["wrangledDataset"].get("name") or "").lower()
+        if (
+            (statuses and data["status"] not in statuses)
+            or (ranfrom is not None and (data["ranfrom"] or "null") != ranfrom)
+            or (text and text != str(group["id"]) and text not in name)
+            or not _within(float(group["created_at"]), "createdAt", bounds)
+        ):
+            continue
+        if ("updatedAt", "gte") in bounds or ("updatedAt", "lt") in bounds:
+            updated = emulator.engine.group_json(group, jobs, now, set())["updatedAt"]
+            if not _within(_epoch(updated), "updatedAt", bounds):
+                continue
+        if "wrangledDataset" not in embed:
+            data["wrangledDataset"] = {"id": group["dataset_id"]}
+        matched.append(data)
+    body: dict[str, Any] = {"data": [_fields(request, d) for d in matched[offset : offset + limit]]}
+    if parse_bool("includeCount", request.query_params.get("includeCount")):
+        body["count"] = len(matched)
+    return JSONResponse(body)
+
+
+def _epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 async def get_job_status(request: Request) -> Response:
     emulator = _emulator(request)
     await emulator.delay("job_status")
@@ -363,8 +464,10 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         _route("/v4/jobGroups/{id}/cancel", {"POST": cancel_job_group}),
         _route("/v4/jobGroups/{id}/outputs", {"GET": get_outputs}),
         _route("/v4/jobs/{id}/status", {"GET": get_job_status}),
+        _route("/v4/jobLibrary", {"GET": list_job_library}),
         openapi_route(),
         *oracle_routes(),
+        *oauth_routes(),
     ]
     app = Starlette(
         routes=routes,
@@ -372,4 +475,10 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         exception_handlers={ApiProblem: json_error_handler, HTTPException: http_error_handler},
     )
     app.state.emulator = emulator
+    app.state.oauth = OAuthIssuer(
+        emulator.store,
+        emulator.engine.now,
+        initial_refresh_token=emulator.settings.oauth_refresh_token,
+        access_seconds=emulator.settings.access_token_seconds,
+    )
     return app

@@ -351,7 +351,14 @@ class Engine:
         if now >= group["started_at"]:
             moments.append(float(group["started_at"]))
         moments += [float(j["finished_at"]) for j in jobs if j["finished_at"] is not None]
-        ranfrom = body.get("ranfrom") if body.get("ranfrom") in ("ui", "schedule", "api") else "api"
+        # Not sent: "api" (the run came through the API). Sent as null: null, which the platform
+        # uses to keep the job off the Job Details page, so it must not read as "api".
+        if "ranfrom" in body and body["ranfrom"] is None:
+            ranfrom = None
+        elif body.get("ranfrom") in ("ui", "schedule", "api"):
+            ranfrom = body["ranfrom"]
+        else:
+            ranfrom = "api"
         data: dict[str, Any] = {
             "id": group["id"],
             "name": None,

@@ -96,6 +96,17 @@ def user_key(request: Request, token: str | None) -> str:
     if scheme.lower() == "bearer" and credential:
         secret = credential
         who = "bearer:" + hashlib.sha256(credential.encode()).hexdigest()[:16]
+        oauth = getattr(request.app.state, "oauth", None)
+        issued = oauth.verdict(credential) if oauth is not None else None
+        if issued is False:
+            raise ApiProblem(
+                401,
+                "AuthenticationFailed",
+                "Unauthorized",
+                "The access token has expired; refresh it with the refresh token.",
+            )
+        if issued:
+            return "oauth-client"  # one user, whichever of its access tokens is sent
     elif scheme.lower() == "basic" and credential:
         try:
             user, sep, password = (

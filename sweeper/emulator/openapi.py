@@ -76,7 +76,7 @@ JOB_GROUP = {
     "properties": {
         "id": {"type": "integer"},
         "status": STATUS,
-        "ranfrom": {"type": "string"},
+        "ranfrom": {"type": ["string", "null"], "description": "null when run with ranfrom: null"},
         "ranfor": {"type": "string"},
         "profilingEnabled": {"type": "boolean"},
         "runParameterReferenceDate": {"type": "string"},
@@ -88,6 +88,29 @@ JOB_GROUP = {
         "jobs": {"type": "object", "properties": {"data": {"type": "array", "items": JOB}}},
     },
 }
+JOB_GROUP_LIST = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {"data": {"type": "array", "items": JOB_GROUP}, "count": {"type": "integer"}},
+}
+PAGING = [
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+    },
+    {
+        "name": "offset",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+    },
+    {"name": "includeCount", "in": "query", "schema": {"type": "boolean"}},
+    {
+        "name": "sort",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["createdAt", "-createdAt", "id", "-id"]},
+    },
+]
 RUN_JOB_REQUEST = {
     "type": "object",
     "required": ["wrangledDataset"],
@@ -214,41 +237,57 @@ def openapi_document() -> dict[str, Any]:
                         EMBED,
                         FIELDS,
                         INCLUDE_DELETED,
+                        *PAGING,
+                    ],
+                    "responses": {"200": _ok("Job groups", JOB_GROUP_LIST), **ERRORS},
+                },
+            },
+            "/v4/jobLibrary": {
+                "get": {
+                    "operationId": "listJobLibrary",
+                    "description": "The listing's job groups, newest first, with their jobs and "
+                    "writeSettings embedded unless embed names others.",
+                    "parameters": [
+                        EMBED,
+                        FIELDS,
+                        INCLUDE_DELETED,
+                        *PAGING,
+                        *(
+                            {
+                                "name": f"dateFilter[{field}][{op}]",
+                                "in": "query",
+                                "description": "epoch milliseconds",
+                                "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                            }
+                            for field in ("createdAt", "updatedAt")
+                            for op in ("gte", "lt")
+                        ),
                         {
-                            "name": "limit",
+                            "name": "status",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                            "description": "one status, or several separated by commas",
+                            "schema": STATUS,
                         },
                         {
-                            "name": "offset",
+                            "name": "ranfrom",
                             "in": "query",
-                            "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                            "description": "null selects groups run with ranfrom: null",
+                            "schema": {"type": "string", "enum": ["ui", "schedule", "api", "null"]},
                         },
-                        {"name": "includeCount", "in": "query", "schema": {"type": "boolean"}},
                         {
-                            "name": "sort",
+                            "name": "filter",
                             "in": "query",
-                            "schema": {
-                                "type": "string",
-                                "enum": ["createdAt", "-createdAt", "id", "-id"],
-                            },
+                            "description": "a job group id, or part of the recipe's name",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "runBy",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["all", "currentUser"]},
                         },
                     ],
-                    "responses": {
-                        "200": _ok(
-                            "Job groups",
-                            {
-                                "type": "object",
-                                "required": ["data"],
-                                "properties": {
-                                    "data": {"type": "array", "items": JOB_GROUP},
-                                    "count": {"type": "integer"},
-                                },
-                            },
-                        ),
-                        **ERRORS,
-                    },
-                },
+                    "responses": {"200": _ok("Job groups", JOB_GROUP_LIST), **ERRORS},
+                }
             },
             "/v4/jobGroups/{id}": {
                 "get": {

@@ -59,3 +59,7 @@ class EmulatorSettings:
     seed: int = 0
     # bytes of request body accepted on POST /v4/jobGroups; more is 413 (a real body is < 10 KB)
     max_body_bytes: int = 1024 * 1024
+    # POST /as/token: the one refresh token first accepted (None: any unseen one, once), and how
+    # long the access tokens it issues are accepted (Designer Cloud: 5 minutes)
+    oauth_refresh_token: str | None = field(default=None, repr=False)
+    access_token_seconds: float = 300.0
