@@ -10,7 +10,7 @@ import pytest
 
 from sweeper.config import load_config
 from sweeper.emulator import FaultSettings
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, LedgerError
 from sweeper.ledger import Event, LedgerRow, read_ledger
 from sweeper.matrix import Combination
 from sweeper.template import RequestTemplate
@@ -171,3 +171,16 @@ def test_crash_mid_post_then_resume_creates_each_flow_run_once(
         assert reconciled[0].flow_run_id == run["id"]
         assert list(reconciled[0].job_group_ids) == run["jobGroupIds"]
     assert rows[-1].event is Event.FINISHED and rows[-1].flow_run_id is not None
+
+
+def test_a_flow_sweep_refuses_a_v1_ledger_before_any_post(project: Path) -> None:
+    from sweeper.ledger import COLUMNS_V1
+
+    ledger = project / "results" / "f.csv"
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    ledger.write_text(",".join((*COLUMNS_V1, "param.Region")) + "\n")
+    app = emulator_app(project / "emu")
+    with pytest.raises(LedgerError, match="cannot record a flow run"):
+        run_library(_flow_sweep(project), httpx.ASGITransport(app=app))
+    assert oracle(app)["flow_posts_received"] == 0
+    assert read_ledger(ledger) == []
