@@ -147,6 +147,23 @@ def _loads(content: bytes) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+@dataclass(frozen=True)
+class FlowSubmission:
+    """Outcome of one POST /v4/flows/{id}/run answered 201 (or another 2xx) or 304."""
+
+    status_code: int
+    flow_run_id: int | None  # None on 304 (no body)
+    job_group_ids: tuple[int, ...]  # every job group the run started, in the answer's order
+    session_id: str  # the first group's ("" on 304)
+    job_ids: tuple[int, ...]  # the jobs of every group, group by group
+    request_id: str
+
+    @property
+    def job_group_id(self) -> int | None:
+        """The first job group (what a recipe sweep's column holds); None on 304."""
+        return self.job_group_ids[0] if self.job_group_ids else None
+
+
 # --- error translation (the one place) ----------------------------------------------------------
 
 
@@ -728,3 +745,112 @@ class DataprepClient:
             elif isinstance(item, dict) and isinstance(item.get("path"), str):
                 out.append(item["path"])
         return tuple(out)
+
+    # --- flows (POST /v4/flows/{id}/run and the flow-run reads) ---------------------------------
+
+    async def run_flow(
+        self, flow_id: int, body: Mapping[str, Any], *, execution_id: str
+    ) -> FlowSubmission:
+        """POST /v4/flows/{id}/run with ``x-execution-id``; 201 -> the run's ids, 304 -> none."""
+        if not execution_id:
+            raise ValueError("run_flow needs an execution id (x-execution-id)")
+        path = f"v4/flows/{int(flow_id)}/run"
+        answer = await self._send(
+            "POST", path, body=dict(body), headers={"x-execution-id": execution_id}
+        )
+        request_id = _request_id(answer)
+        if answer.status_code == 304:
+            return FlowSubmission(304, None, (), "", (), request_id)
+        payload = _json(answer)
+        if not isinstance(payload, dict):
+            _bad_shape(answer, "the body is not a JSON object")
+        run_id = _int(payload.get("flowRunId"))
+        items = _data_list(payload)
+        if run_id is None or items is None:
+            _bad_shape(answer, "the body has no flowRunId or no data list")
+        groups = [g for g in items if isinstance(g, dict) and _int(g.get("id")) is not None]
+        job_ids = tuple(
+            j
+            for g in groups
+            for j in (_ref_id(x) for x in (_data_list(g.get("jobs")) or []))
+            if j is not None
+        )
+        session = groups[0].get("sessionId") if groups else ""
+        return FlowSubmission(
+            status_code=answer.status_code,
+            flow_run_id=run_id,
+            job_group_ids=tuple(int(g["id"]) for g in groups),
+            session_id=str(session) if session else "",
+            job_ids=job_ids,
+            request_id=request_id,
+        )
+
+    async def get_flow_run_status(self, flow_run_id: int) -> str:
+        """GET /v4/flowRuns/{id}/status: a bare JSON string (an unknown value means running)."""
+        answer = await self._send("GET", f"v4/flowRuns/{int(flow_run_id)}/status")
+        status = _json(answer)
+        if not isinstance(status, str):
+            _bad_shape(answer, "the body is not a status string")
+        return status
+
+    async def get_flow_run_job_groups(self, flow_run_id: int) -> list[JobGroupState]:
+        """GET /v4/flowRuns/{id}/jobGroups: the run's job groups (with jobs when embedded)."""
+        path = f"v4/flowRuns/{int(flow_run_id)}/jobGroups"
+        answer = await self._send("GET", path, params={"embed": "jobs"})
+        items = _data_list(_json(answer))
+        if items is None:
+            _bad_shape(answer, "the body has no data list")
+        return [g for g in (_parse_group(x) for x in items) if g is not None]
+
+    async def get_flow_run_flow_id(self, flow_run_id: int) -> int | None:
+        """GET /v4/flowRuns/{id} -> the id of the flow it ran (None when not given)."""
+        answer = await self._send("GET", f"v4/flowRuns/{int(flow_run_id)}")
+        payload = _json(answer)
+        return _ref_id(payload.get("flow")) if isinstance(payload, dict) else None
+
+    async def find_flow_run(
+        self,
+        *,
+        flow_id: int,
+        run_parameters: Mapping[str, str],
+        output_paths: Sequence[str] = (),
+        outputs: Sequence[int] = (),
+        created_after: str | None = None,
+        max_pages: int = 20,
+        page_size: int = 25,
+    ) -> int | None:
+        """Reconciliation lookup for a flow: the flow run of the newest job group that matches
+        what the lost POST would have started (run parameters, else output paths; a recipe in
+        ``outputs`` when given), confirmed to be a run of ``flow_id``. None when nothing matches.
+        """
+        params: dict[str, str | int] = {
+            "limit": page_size,
+            "sort": "-createdAt",
+            "embed": "jobs.fileWriterJob.writeSetting",
+        }
+        checked: set[int] = set()
+        for page in range(max_pages):
+            params["offset"] = page * page_size
+            answer = await self._send("GET", JOB_GROUPS, params=params)
+            items = _data_list(_json(answer))
+            if items is None:
+                _bad_shape(answer, "the body has no data list")
+            for item in items:
+                group = _parse_group(item)
+                run_id = _ref_id(item.get("flowRun")) if isinstance(item, dict) else None
+                if group is None:
+                    continue
+                if created_after is not None and _older(group.created_at, created_after):
+                    return None
+                if run_id is None or run_id in checked or group.dataset_id is None:
+                    continue
+                if outputs and group.dataset_id not in outputs:
+                    continue
+                if not _matches(group, group.dataset_id, run_parameters, output_paths):
+                    continue
+                checked.add(run_id)
+                if await self.get_flow_run_flow_id(run_id) in (flow_id, None):
+                    return run_id
+            if len(items) < page_size:
+                return None
+        return None

@@ -125,11 +125,21 @@ def _resolve_as_of(history: Sequence[LedgerRow], run_id: str, given: datetime | 
 
 
 def _open_ledger(config: SweepConfig, path: Path, run_id: str | None) -> Ledger:
-    from sweeper.ledger import Ledger
+    from sweeper.errors import LedgerError
+    from sweeper.ledger import SCHEMA, Ledger
 
-    return Ledger.open(
+    ledger = Ledger.open(
         path, sweep=config.sweep.name, param_names=config.matrix.param_names, run_id=run_id
     )
+    if config.sweep.is_flow and ledger.schema != SCHEMA:
+        # Refused before any POST: a flow run sent now could not be recorded in this file.
+        ledger.close()
+        raise LedgerError(
+            f"The ledger {path} was written by an older sweeper ({ledger.schema}), which has no "
+            "flow_run_id / job_group_ids columns, so it cannot record a flow run. Point "
+            "sweep.ledger at a new file for the flow sweep."
+        )
+    return ledger
 
 
 def _missing_ledger(path: Path) -> ConfigError:

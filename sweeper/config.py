@@ -46,14 +46,23 @@ class Rate:
         return self.count / self.per_seconds
 
 
+TARGETS = ("dataset", "flow", "plan")  # what a sweep runs: a recipe, a flow or a plan
+
+
 @dataclass(frozen=True)
 class SweepSettings:
     name: str  # [A-Za-z0-9_.-]+; names the ledger and seeds execution ids
-    dataset: int  # wrangledDataset.id
+    dataset: int  # the target's id: wrangledDataset.id, or the flow's / plan's id (see target)
     ledger: Path  # absolute; default: results/<name>.csv under the project root
     max_combinations: int = 10_000
     # the job group's ranfrom: None = not sent; "null" = JSON null (hidden from Job Details)
     ranfrom: str | None = None
+    target: str = "dataset"  # one of TARGETS: which [sweep] key named the id
+    outputs: tuple[int, ...] = ()  # a flow's wrangledDatasetIds (a subset of its outputs)
+
+    @property
+    def is_flow(self) -> bool:
+        return self.target == "flow"
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,13 @@ class ApiSettings:
     @property
     def embedded(self) -> bool:
         return self.base_url == "embedded"
+
+
+# The default run.rate per target: just under the platform's per-user quota of the endpoint
+# (runJobGroup 30/min, runFlow 20/min, runPlan 30/min), so one sweep never meets a 429 by itself.
+DEFAULT_RATES: Mapping[str, Rate] = MappingProxyType(
+    {"dataset": Rate(25, 60.0), "flow": Rate(16, 60.0), "plan": Rate(25, 60.0)}
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +133,14 @@ class SweepConfig:
 
     @property
     def config_hash(self) -> str:
-        return _config_hash(self.sweep.dataset, thaw(self.overrides))
+        template = thaw(self.overrides)
+        if self.sweep.target != "dataset":  # recipe sweeps keep the hash they always had
+            template = {
+                "target": self.sweep.target,
+                "outputs": list(self.sweep.outputs),
+                "overrides": template,
+            }
+        return _config_hash(self.sweep.dataset, template)
 
     @property
     def root(self) -> Path:
@@ -152,7 +175,16 @@ def project_root(config_path: Path) -> Path:
 # Every key the loader accepts, by section; docs/config.md documents each (tests check it).
 SECTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {
-        "sweep": ("name", "dataset", "ledger", "max_combinations", "ranfrom"),
+        "sweep": (
+            "name",
+            "dataset",
+            "flow",
+            "plan",
+            "outputs",
+            "ledger",
+            "max_combinations",
+            "ranfrom",
+        ),
         "api": (
             "base_url",
             "token_env",
@@ -168,7 +200,13 @@ SECTION_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
             "timeout",
         ),
         "matrix": (),  # free-form: see sweeper.matrix_parse
-        "overrides": ("execution", "profiler", "writesettings", "writeSettings"),
+        "overrides": (
+            "execution",
+            "profiler",
+            "writesettings",
+            "writeSettings",
+            "ignoreRecipeErrors",  # flows only
+        ),
         "run": (
             "rate",
             "concurrency",
@@ -205,9 +243,12 @@ WRITE_SETTING_KEYS = (
     "includeMismatches",
     "connectionId",
 )
+# A flow sweep's per-recipe table, [overrides."<recipe name>"]: sent as overrides["<recipe name>"].
+FLOW_RECIPE_KEYS = ("profiler", "writesettings", "writeSettings")
 KNOWN_KEYS: frozenset[str] = frozenset(
     [f"{s}.{k}" for s, keys in SECTION_KEYS.items() for k in keys]
     + [f"overrides.writesettings.{k}" for k in WRITE_SETTING_KEYS]
+    + [f"overrides.RECIPE.{k}" for k in FLOW_RECIPE_KEYS]
     + [f"matrix.{k}" for k in RESERVED_KEYS]
     + [f"matrix.NAME.{k}" for k in AXIS_TABLE_KEYS]
 )
@@ -482,19 +523,47 @@ def _sweep(r: _Reader, t: Mapping[str, Any]) -> SweepSettings:
             "ledger file and seeds execution ids).",
             "sweep.name",
         )
-    if "dataset" not in t:
+    given = [k for k in TARGETS if k in t]
+    if len(given) != 1:
+        what = "none of them is set" if not given else f"{' and '.join(given)} are all set"
         raise r.error(
-            "Name the recipe to run with dataset = <wrangledDataset id>, e.g. dataset = 33.",
-            "sweep.dataset",
+            "Name exactly one target: dataset = <wrangledDataset id> (a recipe, e.g. dataset = "
+            f"33), flow = <flow id> or plan = <plan id>; {what}.",
+            f"sweep.{given[-1] if given else 'dataset'}",
         )
-    dataset = r.integer(t, "dataset", "sweep", 0, 1)
+    target = given[0]
+    dataset = r.integer(t, target, "sweep", 0, 1)
+    outputs: tuple[int, ...] = ()
+    if "outputs" in t:
+        raw = t["outputs"]
+        if target != "flow":
+            raise r.error(
+                "outputs (wrangledDatasetIds) choose which outputs of a flow run; it needs "
+                "flow = <flow id>.",
+                "sweep.outputs",
+            )
+        if (
+            not isinstance(raw, list)
+            or not raw
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in raw)
+        ):
+            raise r._want("a non-empty list of recipe ids, e.g. [33, 1]", raw, "sweep.outputs")
+        outputs = tuple(raw)
     ledger_raw = t.get("ledger", f"results/{name}.csv")
     if not isinstance(ledger_raw, str) or not ledger_raw:
         raise r._want("a file path (string)", ledger_raw, "sweep.ledger")
     max_combinations = r.integer(t, "max_combinations", "sweep", 10_000, 1)
     ledger = Path(os.path.normpath(project_root(r.path) / Path(ledger_raw).expanduser()))
     ranfrom = r.choice(t, "ranfrom", "sweep", None)
-    return SweepSettings(name, dataset, ledger, max_combinations, ranfrom)
+    return SweepSettings(
+        name,
+        dataset,
+        ledger,
+        max_combinations,
+        ranfrom=ranfrom,
+        target=target,
+        outputs=outputs,
+    )
 
 
 def _api(r: _Reader, t: Mapping[str, Any]) -> ApiSettings:
@@ -561,21 +630,56 @@ def _write_setting(r: _Reader, entry: object, key: str) -> dict[str, Any]:
     return out
 
 
-def _overrides(r: _Reader, t: Mapping[str, Any]) -> dict[str, Any]:
-    r.check_keys(t, SECTION_KEYS["overrides"], "overrides")
+def _flow_overrides(r: _Reader, t: Mapping[str, Any]) -> dict[str, Any]:
+    """A flow sweep's [overrides]: execution and ignoreRecipeErrors (sent at the top level of
+    the runFlow body, where that API has them) and one table per recipe name."""
+    out: dict[str, Any] = {}
+    for k, value in t.items():
+        if isinstance(value, Mapping):
+            key = f'overrides."{k}"'
+            if _SECRET_KEY.match(k):
+                r.check_keys({k: None}, (), "overrides")  # raises: never a credential
+            r.check_keys(value, FLOW_RECIPE_KEYS, key)
+            out[k] = _overrides(r, value, prefix=key, keys=FLOW_RECIPE_KEYS)
+            continue
+        r.check_keys({k: value}, ("execution", "ignoreRecipeErrors"), "overrides")
+        if k == "execution":
+            out[k] = r.string(t, k, "overrides", "")
+        else:
+            out[k] = r.boolean(t, k, "overrides", False)
+    return out
+
+
+def _overrides(
+    r: _Reader,
+    t: Mapping[str, Any],
+    *,
+    prefix: str = "overrides",
+    keys: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    if keys is None:
+        keys = tuple(k for k in SECTION_KEYS["overrides"] if k != "ignoreRecipeErrors")
+        for k, value in t.items():
+            if isinstance(value, Mapping):
+                raise r.error(
+                    f'A table [overrides."{k}"] overrides one recipe of a flow; it needs '
+                    "flow = <flow id> in [sweep]. For a recipe, write its keys in [overrides].",
+                    f"overrides.{k}",
+                )
+    r.check_keys(t, keys, prefix)
     if "writesettings" in t and "writeSettings" in t:
         raise r.error(
             "Both writesettings and writeSettings are set; they are the same key, keep one.",
-            "overrides.writeSettings",
+            f"{prefix}.writeSettings",
         )
     out: dict[str, Any] = {}
     for k, value in t.items():
         if k == "execution":
-            out[k] = r.string(t, k, "overrides", "")
+            out[k] = r.string(t, k, prefix, "")
         elif k == "profiler":
-            out[k] = r.boolean(t, k, "overrides", False)
+            out[k] = r.boolean(t, k, prefix, False)
         else:
-            key = f"overrides.{k}"
+            key = f"{prefix}.{k}"
             if not isinstance(value, list):
                 raise r.error(
                     f"Write [[{key}]] tables (an array of tables), got {describe(value)}.", key
@@ -595,12 +699,16 @@ EMBEDDED_POLL_INTERVAL = 0.25
 EMBEDDED_POLL_MAX_INTERVAL = 0.5
 
 
-def _run(r: _Reader, t: Mapping[str, Any], *, embedded: bool = False) -> RunSettings:
+def _run(
+    r: _Reader, t: Mapping[str, Any], *, embedded: bool = False, target: str = "dataset"
+) -> RunSettings:
     r.check_keys(t, SECTION_KEYS["run"], "run")
-    d = RunSettings()
+    d = RunSettings(rate=DEFAULT_RATES[target])
     if embedded:
         d = RunSettings(
-            poll_interval=EMBEDDED_POLL_INTERVAL, poll_max_interval=EMBEDDED_POLL_MAX_INTERVAL
+            rate=DEFAULT_RATES[target],
+            poll_interval=EMBEDDED_POLL_INTERVAL,
+            poll_max_interval=EMBEDDED_POLL_MAX_INTERVAL,
         )
     rate = d.rate
     if "rate" in t:
@@ -711,7 +819,14 @@ def load_config(path: str | Path) -> SweepConfig:
     sweep = _sweep(r, r.table(doc, "sweep"))
     api = _api(r, r.table(doc, "api"))
     matrix = parse_matrix(r.table(doc, "matrix"), source=file, base_dir=r.base_dir)
-    overrides = _overrides(r, r.table(doc, "overrides"))
+    if sweep.target == "plan":
+        raise r.error(
+            "plan = <plan id> is recognised but not supported yet: sweeper runs recipes "
+            "(dataset = <id>) and flows (flow = <id>).",
+            "sweep.plan",
+        )
+    table = r.table(doc, "overrides")
+    overrides = _flow_overrides(r, table) if sweep.is_flow else _overrides(r, table)
     check_template(overrides, matrix)
     return SweepConfig(
         path=file,
@@ -719,6 +834,6 @@ def load_config(path: str | Path) -> SweepConfig:
         api=api,
         matrix=matrix,
         overrides=freeze(overrides),
-        run=_run(r, r.table(doc, "run"), embedded=api.embedded),
+        run=_run(r, r.table(doc, "run"), embedded=api.embedded, target=sweep.target),
         retry=_retry(r, r.table(doc, "retry")),
     )

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "sweeper-ledger/1"
+SCHEMA = "sweeper-ledger/2"  # written to new ledgers
+SCHEMA_V1 = "sweeper-ledger/1"  # read, and appended to in its own layout (no flow columns)
 PARAM_PREFIX = "param."
 ERROR_MAX_CHARS = 500
 
@@ -78,6 +79,8 @@ class LedgerRow:
     as_of: str = ""  # the resolved --as-of of the run
     reason: str = ""  # why, e.g. "new", "rerun failed", "resume: in doubt"
     outputs_ok: str = ""  # "", "yes", "no", "unchecked"
+    flow_run_id: int | None = None  # a flow sweep's flow run (its job groups: job_group_ids)
+    job_group_ids: tuple[int, ...] = ()  # every job group of the flow run, in start order
 
 
 # The fixed columns, in file order; LedgerRow.params is stored as params_json.
@@ -104,9 +107,13 @@ COLUMNS: tuple[str, ...] = (
     "as_of",
     "reason",
     "outputs_ok",
+    "flow_run_id",
+    "job_group_ids",
 )
+COLUMNS_V1: tuple[str, ...] = COLUMNS[:-2]  # sweeper-ledger/1: no flow columns
 _N_FIXED = len(COLUMNS)
 _FIXED_HEADER_LINE = ",".join(COLUMNS)
+_FIXED_BY_SCHEMA = {SCHEMA: COLUMNS, SCHEMA_V1: COLUMNS_V1}
 
 # Control characters (C0, DEL, C1) and Unicode line/paragraph separators become spaces, so that
 # every record is exactly one physical line and a torn tail is a plain byte test.
@@ -163,10 +170,15 @@ def _opt(value: object | None) -> str:
     return "" if value is None else str(value)
 
 
-def _encode(row: LedgerRow, param_columns: Sequence[str]) -> list[str]:
-    """The CSV fields of an already sanitised row."""
+def _encode(row: LedgerRow, param_columns: Sequence[str], schema: str = SCHEMA) -> list[str]:
+    """The CSV fields of an already sanitised row, in the layout of ``schema``."""
+    flow = (
+        [_opt(row.flow_run_id), " ".join(str(g) for g in row.job_group_ids)]
+        if schema == SCHEMA
+        else []
+    )
     return [
-        SCHEMA,
+        schema,
         row.ts,
         row.sweep,
         row.run_id,
@@ -188,6 +200,7 @@ def _encode(row: LedgerRow, param_columns: Sequence[str]) -> list[str]:
         row.as_of,
         row.reason,
         row.outputs_ok,
+        *flow,
         *(one_line(row.params.get(name, "")) for name in param_columns),
     ]
 
@@ -198,8 +211,9 @@ def _csv_line(fields: Sequence[str]) -> str:
     return buf.getvalue()
 
 
-def _header_line(param_names: Sequence[str]) -> str:
-    return _csv_line([*COLUMNS, *(PARAM_PREFIX + name for name in param_names)])
+def _header_line(param_names: Sequence[str], schema: str = SCHEMA) -> str:
+    fixed = _FIXED_BY_SCHEMA[schema]
+    return _csv_line([*fixed, *(PARAM_PREFIX + name for name in param_names)])
 
 
 _EVENTS = {e.value: e for e in Event}
@@ -238,6 +252,9 @@ def _decode(rec: list[str]) -> LedgerRow:
         as_of=rec[19],
         reason=rec[20],
         outputs_ok=rec[21],
+        # sweeper-ledger/1 records end before the flow columns
+        flow_run_id=int(rec[22]) if rec[0] == SCHEMA and rec[22] else None,
+        job_group_ids=tuple(map(int, rec[23].split())) if rec[0] == SCHEMA else (),
     )
 
 
@@ -266,6 +283,7 @@ class _Parsed:
     """A ledger file split into its header, its complete rows and a torn tail (if any)."""
 
     param_columns: tuple[str, ...]
+    schema: str  # the layout of the file: SCHEMA, or SCHEMA_V1 for a ledger written before flows
     rows: list[LedgerRow]
     complete_bytes: int  # length of the part that ends at the last newline
     torn: bytes  # bytes after the last newline (a record cut by a crash)
@@ -282,24 +300,25 @@ def _parse(path: Path, data: bytes, sweep: str | None) -> _Parsed:
         # No complete line: a header cut while the file was being created (nothing after it can
         # exist, the header is fsynced first), or not a ledger at all.
         text = torn.decode("utf-8", errors="replace").removeprefix(_BOM)
-        if text and not (
-            _FIXED_HEADER_LINE.startswith(text) or text.startswith(_FIXED_HEADER_LINE)
+        v1 = ",".join(COLUMNS_V1)
+        if text and not any(
+            line.startswith(text) or text.startswith(line) for line in (_FIXED_HEADER_LINE, v1)
         ):
             raise _not_a_ledger(path)
-        return _Parsed((), [], 0, torn)
+        return _Parsed((), SCHEMA, [], 0, torn)
     reader = csv.reader(_lines(path, data, cut))
     try:
         header = next(reader)
     except csv.Error:
         raise _not_a_ledger(path) from None
-    param_columns = _check_header(path, header)
+    param_columns, schema = _check_header(path, header)
     width = len(header)
     rows: list[LedgerRow] = []
     first_line = 0
     try:
         for rec in reader:
-            if len(rec) != width or rec[0] != SCHEMA:
-                _bad_record(path, reader.line_num, rec, width)
+            if len(rec) != width or rec[0] != schema:
+                _bad_record(path, reader.line_num, rec, width, schema)
             if rec[2] != sweep:
                 if sweep is not None:
                     raise _other_sweep(path, reader.line_num, rec[2], sweep, first_line)
@@ -316,7 +335,7 @@ def _parse(path: Path, data: bytes, sweep: str | None) -> _Parsed:
             f"Line {reader.line_num} of the ledger {path} is not valid CSV ({exc}); the file was "
             "edited or damaged. Restore it from a backup or move it aside."
         ) from None
-    return _Parsed(param_columns, rows, cut, torn)
+    return _Parsed(param_columns, schema, rows, cut, torn)
 
 
 def _not_a_ledger(path: Path) -> LedgerError:
@@ -326,27 +345,33 @@ def _not_a_ledger(path: Path) -> LedgerError:
     )
 
 
-def _check_header(path: Path, header: list[str]) -> tuple[str, ...]:
+def _check_header(path: Path, header: list[str]) -> tuple[tuple[str, ...], str]:
+    """The param columns and the schema (layout) of a ledger's header."""
     if not header or header[0] != "schema":
         raise _not_a_ledger(path)
-    extra = header[_N_FIXED:]
+    # A ledger written before flows has the v1 columns: read it, and append in its layout.
+    v1 = tuple(header[: len(COLUMNS_V1)]) == COLUMNS_V1 and (
+        len(header) == len(COLUMNS_V1) or header[len(COLUMNS_V1)].startswith(PARAM_PREFIX)
+    )
+    schema, fixed = (SCHEMA_V1, COLUMNS_V1) if v1 else (SCHEMA, COLUMNS)
+    extra = header[len(fixed) :]
     odd = [c for c in extra if not c.startswith(PARAM_PREFIX)]
-    if tuple(header[:_N_FIXED]) != COLUMNS or odd:
-        what = f" (column {odd[0]!r})" if odd and tuple(header[:_N_FIXED]) == COLUMNS else ""
+    if tuple(header[: len(fixed)]) != fixed or odd:
+        what = f" (column {odd[0]!r})" if odd and tuple(header[: len(fixed)]) == fixed else ""
         raise LedgerError(
             f"The ledger {path} has a sweeper header with different columns{what} than the "
             f"schema {SCHEMA} this sweeper reads; it was written by another version of sweeper "
             "or edited. Use that version, or point sweep.ledger at a new file."
         )
-    return tuple(c[len(PARAM_PREFIX) :] for c in extra)
+    return tuple(c[len(PARAM_PREFIX) :] for c in extra), schema
 
 
-def _bad_record(path: Path, line: int, rec: list[str], width: int) -> None:
-    if rec and rec[0].startswith("sweeper-ledger/") and rec[0] != SCHEMA:
+def _bad_record(path: Path, line: int, rec: list[str], width: int, schema: str) -> None:
+    if rec and rec[0].startswith("sweeper-ledger/") and rec[0] != schema:
         raise LedgerError(
             f"Line {line} of the ledger {path} has schema version {_printable(rec[0])}, but this "
-            f"sweeper reads {SCHEMA}. Use the sweeper version that wrote it, or point "
-            "sweep.ledger at a new file."
+            f"sweeper reads {schema} in a ledger with this header. Use the sweeper version that "
+            "wrote it, or point sweep.ledger at a new file."
         )
     raise LedgerError(
         f"Line {line} of the ledger {path} has {len(rec)} fields where the header has {width} "
@@ -425,10 +450,12 @@ class Ledger:
         fd: int,
         lock_fd: int,
         torn: TornTail | None,
+        schema: str = SCHEMA,
     ) -> None:
         self.path = path
         self.sweep = sweep
         self.param_columns = param_columns  # the param.<Name> columns of this file's header
+        self.schema = schema  # the file's layout: rows are appended in it
         self.torn_tail = torn  # set when open() repaired a torn last line
         self._rows = rows
         self._fd: int | None = fd
@@ -489,12 +516,14 @@ class Ledger:
             if parsed.complete_bytes == 0:
                 # New file, or only a header cut during creation: start it (again).
                 param_columns = tuple(param_names)
+                schema = SCHEMA
                 os.ftruncate(fd, 0)
                 _write_all(fd, _header_line(param_columns).encode("utf-8"))
                 os.fsync(fd)
                 fsync_directory(path.parent)
             else:
                 param_columns = parsed.param_columns
+                schema = parsed.schema
                 if torn is not None:
                     os.ftruncate(fd, parsed.complete_bytes)
                     os.fsync(fd)
@@ -509,6 +538,7 @@ class Ledger:
             fd=fd,
             lock_fd=lock_fd,
             torn=torn,
+            schema=schema,
         )
 
     @property
@@ -528,8 +558,14 @@ class Ledger:
         """
         if row.sweep != self.sweep:
             raise ValueError(f"row of sweep {row.sweep!r} appended to ledger of {self.sweep!r}")
+        if self.schema != SCHEMA and (row.flow_run_id is not None or row.job_group_ids):
+            raise LedgerError(
+                f"The ledger {self.path} was written by an older sweeper ({self.schema}), which "
+                "has no flow_run_id / job_group_ids columns, so it cannot record a flow run. "
+                "Point sweep.ledger at a new file for the flow sweep."
+            )
         clean = _sanitized(row)
-        data = _csv_line(_encode(clean, self.param_columns)).encode("utf-8")
+        data = _csv_line(_encode(clean, self.param_columns, self.schema)).encode("utf-8")
         with self._mutex:
             if self._fd is None:
                 raise ValueError(f"the ledger {self.path} is closed")
@@ -705,7 +741,7 @@ def rows_to_frame(rows: Sequence[LedgerRow]) -> pd.DataFrame:
     for name in names:
         data[PARAM_PREFIX + name] = [r.params.get(name) for r in rows]
     frame: pd.DataFrame = pd.DataFrame(data)
-    for col in ("http_status", "job_group_id"):
+    for col in ("http_status", "job_group_id", "flow_run_id"):
         frame[col] = frame[col].astype("Int64")
     frame["duration_s"] = frame["duration_s"].astype("float64")
     return frame

@@ -60,6 +60,10 @@ class PlannedCombination(NamedTuple):
     def job_group_id(self) -> int | None:
         return self.last.job_group_id if self.last is not None else None
 
+    @property
+    def flow_run_id(self) -> int | None:
+        return self.last.flow_run_id if self.last is not None else None
+
 
 @dataclass
 class PlanCounts:
@@ -178,7 +182,13 @@ class Planner:
     def _plan(self, combos: Iterator[Combination]) -> Iterator[PlannedCombination]:
         cfg = self.config
         try:
-            request = RequestTemplate(cfg.sweep.dataset, cfg.overrides, cfg.sweep.ranfrom)
+            request = RequestTemplate(
+                cfg.sweep.dataset,
+                cfg.overrides,
+                cfg.sweep.ranfrom,
+                flow=cfg.sweep.is_flow,
+                outputs=cfg.sweep.outputs,
+            )
         except MatrixError as exc:
             if exc.path:
                 raise

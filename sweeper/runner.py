@@ -126,11 +126,13 @@ class _Run:
                     EventKind.SKIP, f"skip {describe(item.combo)}: {item.reason}", item
                 )
             elif item.action is Action.WAIT:
-                assert item.job_group_id is not None
+                # A flow sweep waits on the flow run; a recipe sweep on the job group.
+                watched = item.flow_run_id if self.waiter.flows else item.job_group_id
+                assert watched is not None
                 self.journal.emit(
                     EventKind.WAIT, f"wait {describe(item.combo)}: {item.reason}", item
                 )
-                self.waiter.watch(item, item.job_group_id)
+                self.waiter.watch(item, watched)
             else:
                 await queue.put(item)
         for _ in range(self.concurrency):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from sweeper.client import DataprepClient, JobGroupState, Submission
+from sweeper.client import DataprepClient, FlowSubmission, JobGroupState, Submission
 from sweeper.errors import (
     ApiConnectionError,
     ApiError,
@@ -91,7 +92,8 @@ class Submitter:
         )
 
     async def submit(self, item: PlannedCombination) -> int | None:
-        """Submit ``item``; the id of a job group it now has, or None. Never raises ApiError."""
+        """Submit ``item``; the id to wait on (its job group, or a flow sweep's flow run), or
+        None. Never raises ApiError."""
         try:
             await self._settle(item)
         except Stopped:
@@ -104,7 +106,7 @@ class Submitter:
         maybe_sent = item.last is not None and state_of(item.last) is State.IN_DOUBT
         last_error: ApiError | None = None
 
-        async def once() -> Submission:
+        async def once() -> Submission | FlowSubmission:
             nonlocal attempt, maybe_sent
             await self.breaker.wait(self.stop.sleep)
             await self.pacer.acquire()
@@ -115,7 +117,13 @@ class Submitter:
             journal.write(item, Event.INTENT, attempt=attempt)  # on disk before the request
             summary.posts += 1
             try:
-                result = await self.client.create_job_group(item.body, execution_id=xid)
+                result: Submission | FlowSubmission
+                if self.config.sweep.is_flow:
+                    result = await self.client.run_flow(
+                        self.config.sweep.dataset, item.body, execution_id=xid
+                    )
+                else:
+                    result = await self.client.create_job_group(item.body, execution_id=xid)
             except ApiError as exc:
                 self.breaker.record(exc)
                 if exc.failure is FailureClass.REJECTED:
@@ -229,10 +237,12 @@ class Submitter:
         )
 
     async def _record_submission(
-        self, item: PlannedCombination, sub: Submission, attempt: int
+        self, item: PlannedCombination, sub: Submission | FlowSubmission, attempt: int
     ) -> int | None:
         journal = self.journal
         common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
+        if isinstance(sub, FlowSubmission):
+            return await self._record_flow_submission(item, sub, common)
         if sub.job_group_id is not None:
             journal.summary.submitted += 1
             journal.write(
@@ -282,6 +292,80 @@ class Submitter:
             item,
         )
         return found.id
+
+    async def _record_flow_submission(
+        self, item: PlannedCombination, sub: FlowSubmission, common: dict[str, Any]
+    ) -> int | None:
+        """The rows of a flow run: its id, its first job group and all of them."""
+        journal = self.journal
+        if sub.flow_run_id is not None:
+            journal.summary.submitted += 1
+            journal.write(
+                item,
+                Event.SUBMITTED,
+                flow_run_id=sub.flow_run_id,
+                job_group_id=sub.job_group_id,
+                job_group_ids=sub.job_group_ids,
+                session_id=sub.session_id,
+                job_ids=sub.job_ids,
+                status="Created",
+                **common,
+            )
+            listed = ", ".join(map(str, sub.job_group_ids))
+            journal.emit(
+                EventKind.SUBMITTED,
+                f"submitted {describe(item.combo)}: flow run {sub.flow_run_id} "
+                f"(job groups {listed})",
+                item,
+            )
+            return sub.flow_run_id
+        # 304: the server already has a flow run for this execution id; find it and its groups.
+        journal.summary.duplicates += 1
+        event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
+        run_id: int | None = None
+        groups: list[JobGroupState] = []
+        try:
+            run_id = await self.client.find_flow_run(
+                flow_id=self.config.sweep.dataset,
+                run_parameters=item.combo.params,
+                output_paths=item.output_paths,
+                outputs=self.config.sweep.outputs,
+                created_after=self._lookup_since(item),
+            )
+            if run_id is not None:
+                groups = await self.client.get_flow_run_job_groups(run_id)
+        except ApiError as exc:
+            log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
+            run_id = None
+        if run_id is None or not groups:
+            journal.write(
+                item,
+                event,
+                error="the server already has this execution id (304), but no flow run "
+                "matched in its job listing; check the platform's job history",
+                **common,
+            )
+            journal.emit(
+                EventKind.IN_DOUBT,
+                f"{describe(item.combo)}: exists on the server (304), flow run id unknown",
+                item,
+            )
+            return None
+        journal.write(
+            item,
+            event,
+            flow_run_id=run_id,
+            job_group_id=groups[0].id,
+            job_group_ids=tuple(g.id for g in groups),
+            job_ids=tuple(j.id for g in groups for j in g.jobs),
+            **common,
+        )
+        journal.emit(
+            EventKind(event.value),
+            f"{describe(item.combo)}: already exists as flow run {run_id}",
+            item,
+        )
+        return run_id
 
     def _lookup_since(self, item: PlannedCombination) -> str:
         """How far back the group of a 304 can have been created, as an ISO timestamp.

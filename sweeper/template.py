@@ -23,7 +23,8 @@ from sweeper.matrix import Combination, MatrixSpec, did_you_mean, visible
 BUILTIN_FIELDS = ("run_id", "combo_id")
 WRITE_SETTINGS_KEYS = ("writesettings", "writeSettings")
 
-_PATH_KEY = re.compile(r"overrides\.(?:writesettings|writeSettings)\[\d+\]\.path")
+# A recipe sweep's overrides.writesettings[i].path, or a flow's overrides.<recipe>.writesettings...
+_PATH_KEY = re.compile(r"overrides\.(?:.+\.)?(?:writesettings|writeSettings)\[\d+\]\.path")
 
 Piece = tuple[str, str | None, str]  # literal text, a placeholder name (or None), its pattern
 
@@ -182,14 +183,44 @@ def _output_paths(overrides: Mapping[str, Any]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RequestTemplate:
-    """One sweep's request: each combination's ``POST /v4/jobGroups`` body and output paths."""
+    """One sweep's request: each combination's POST body and output paths.
+
+    A recipe's body is ``POST /v4/jobGroups``'s; a flow's (``flow=True``) is
+    ``POST /v4/flows/{id}/run``'s: ``runParameters``, ``wrangledDatasetIds`` (``outputs``),
+    ``overrides`` keyed by recipe name, and the top-level ``execution`` / ``ignoreRecipeErrors``.
+    """
 
     dataset: int
     overrides: Mapping[str, Any]
     ranfrom: str | None = None  # sweep.ranfrom: None = not sent, "null" = sent as JSON null
+    flow: bool = False
+    outputs: tuple[int, ...] = ()
+
+    def _render_flow(
+        self, combo: Combination, run_id: str
+    ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        body: dict[str, Any] = {}
+        if combo.params:
+            data = [{"key": k, "value": v} for k, v in combo.params.items()]
+            body["runParameters"] = {"overrides": {"data": data}}
+        if self.outputs:
+            body["wrangledDatasetIds"] = list(self.outputs)
+        paths: list[str] = []
+        per_recipe: dict[str, Any] = {}
+        for key, value in _render(self.overrides, combo, run_id, "overrides").items():
+            if isinstance(value, Mapping):
+                per_recipe[key] = value
+                paths += _output_paths(value)
+            else:
+                body[key] = value
+        if per_recipe:
+            body["overrides"] = per_recipe
+        return body, tuple(paths)
 
     def render(self, combo: Combination, run_id: str) -> tuple[dict[str, Any], tuple[str, ...]]:
         """The exact body for one combination (plain dicts and lists) and its output paths."""
+        if self.flow:
+            return self._render_flow(combo, run_id)
         body: dict[str, Any] = {"wrangledDataset": {"id": self.dataset}}
         paths: tuple[str, ...] = ()
         if self.overrides:

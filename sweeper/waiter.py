@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sweeper.client import DataprepClient, JobGroupState
+from sweeper.client import TERMINAL_STATUSES, DataprepClient, JobGroupState
 from sweeper.config import SweepConfig
 from sweeper.errors import ApiError, AuthError
 from sweeper.journal import EventKind, Journal
@@ -58,8 +58,42 @@ async def finished_fields(
     }
 
 
+def flow_finished_fields(flow_run_id: int, groups: Sequence[JobGroupState]) -> dict[str, Any]:
+    """The fields of a ``finished`` row for a flow run that ended: every group, and in
+    ``job_group_id`` the first that failed (or the first group, when none did)."""
+    bad = [g for g in groups if g.status != "Complete"]
+    status = next(
+        (v for v in ("Failed", "Canceled") if any(g.status == v for g in groups)),
+        "Complete" if groups and not bad else "Failed",
+    )
+    shown = bad[0] if bad else (groups[0] if groups else None)
+    error = ""
+    if bad:
+        first = bad[0]
+        error = f"job group {first.id} (recipe {first.dataset_id}) {first.status}"
+        error += f": {first.error}" if first.error else ""
+    elif not groups:
+        error = f"flow run {flow_run_id} has no job groups"
+    created = [t for t in (parse_timestamp(g.created_at) for g in groups) if t is not None]
+    updated = [t for t in (parse_timestamp(g.updated_at) for g in groups) if t is not None]
+    duration = round(max(updated) - min(created), 3) if created and updated else None
+    return {
+        "flow_run_id": flow_run_id,
+        "job_group_id": shown.id if shown else None,
+        "job_group_ids": tuple(g.id for g in groups),
+        "job_ids": tuple(j.id for g in groups for j in g.jobs),
+        "status": status,
+        "error": error,
+        "duration_s": duration,
+    }
+
+
 class Waiter:
-    """Waits on job groups for one run; ``watch`` starts, ``drain`` waits for them all."""
+    """Waits on job groups for one run; ``watch`` starts, ``drain`` waits for them all.
+
+    In a flow sweep the id watched is a flow run's: its status is polled until it ends, then its
+    job groups are read once; the combination succeeds when every one of them completed.
+    """
 
     def __init__(
         self,
@@ -81,6 +115,7 @@ class Waiter:
         rate = self.config.run.max_polls_per_second
         self.poller = StatusPoller(client, Pacer(1, 1.0 / rate, sleep=stop.sleep, margin=0.0))
         self.open: dict[str, tuple[PlannedCombination, int]] = {}  # combo_id -> (item, group)
+        self.flows = self.config.sweep.is_flow  # ids watched are flow runs
         self._tasks: set[asyncio.Task[None]] = set()
 
     def watch(self, item: PlannedCombination, job_group_id: int) -> None:
@@ -113,6 +148,10 @@ class Waiter:
                 # Aligned to a shared grid, so groups come due together and share one listing.
                 await self.stop.sleep(min(aligned_delay(delay, time.time()), remaining))
                 try:
+                    if self.flows:
+                        if await self._flow_ended(item, job_group_id):
+                            return
+                        continue
                     group = await self.poller.get(job_group_id)
                 except AuthError as exc:
                     self.stop.stop(StopReason.ABORTED, exc)
@@ -126,16 +165,55 @@ class Waiter:
         except Stopped:
             pass
         if self.stop.reason is StopReason.TIMED_OUT:
+            ids: dict[str, Any] = {"job_group_id": job_group_id}
+            if self.flows:
+                ids = {"flow_run_id": job_group_id, **self._last_ids(item)}
             self.journal.write(
                 item,
                 Event.TIMED_OUT,
-                job_group_id=job_group_id,
+                **ids,
                 status=group.status if group else "",
                 reason="run.timeout reached while it was running",
             )
             self.journal.emit(
                 EventKind.TIMED_OUT, f"{describe(item.combo)}: still running at run.timeout", item
             )
+
+    @staticmethod
+    def _last_ids(item: PlannedCombination) -> dict[str, Any]:
+        """The job group ids a flow combination's newest row holds, to carry into the next."""
+        last = item.last
+        if last is None or last.flow_run_id is None:
+            return {}
+        return {"job_group_id": last.job_group_id, "job_group_ids": last.job_group_ids}
+
+    async def _flow_ended(self, item: PlannedCombination, flow_run_id: int) -> bool:
+        """Poll a flow run once; when it ended, read its job groups and record it."""
+        status = await self.client.get_flow_run_status(flow_run_id)
+        # The published enum has no InProgress: any value but a terminal one means running.
+        if status not in TERMINAL_STATUSES:
+            return False
+        groups = await self.client.get_flow_run_job_groups(flow_run_id)
+        if not all(g.terminal for g in groups):
+            return False  # the run says it ended before every group did: look again later
+        await self.finish_flow(item, flow_run_id, groups)
+        return True
+
+    async def finish_flow(
+        self, item: PlannedCombination, flow_run_id: int, groups: Sequence[JobGroupState]
+    ) -> None:
+        """Record that a flow run ended, naming the job group that failed, if one did."""
+        self.open.pop(item.combo.combo_id, None)
+        fields = flow_finished_fields(flow_run_id, groups)
+        row = self.journal.write(item, Event.FINISHED, **fields)
+        verdict = fields["status"] + (f" ({fields['error']})" if fields["error"] else "")
+        self.journal.emit(
+            EventKind.FINISHED,
+            f"finished {describe(item.combo)}: flow run {flow_run_id} {verdict}",
+            item,
+            state=state_of(row),
+            duration_s=row.duration_s,
+        )
 
     async def finish(self, item: PlannedCombination, group: JobGroupState) -> None:
         """Record that ``group`` ended."""
@@ -156,6 +234,9 @@ class Waiter:
     async def cancel_open(self) -> None:
         """Cancel every group still open and record it (or how it ended, if it beat the cancel)."""
         for item, job_group_id in list(self.open.values()):
+            if self.flows:
+                await self._cancel_flow(item, job_group_id)
+                continue
             try:
                 job_ids = await self.client.cancel_job_group(job_group_id)
                 group = await self.client.get_job_group(job_group_id)
@@ -183,3 +264,34 @@ class Waiter:
                 f"{describe(item.combo)}: canceled job group {job_group_id}",
                 item,
             )
+
+    async def _cancel_flow(self, item: PlannedCombination, flow_run_id: int) -> None:
+        """Cancel every job group of a flow run still open, and record it."""
+        try:
+            groups = await self.client.get_flow_run_job_groups(flow_run_id)
+            for group in groups:
+                if not group.terminal:
+                    await self.client.cancel_job_group(group.id)
+            groups = await self.client.get_flow_run_job_groups(flow_run_id)
+        except ApiError as exc:
+            self.journal.emit(
+                EventKind.CANCELED, f"{describe(item.combo)}: cancel failed: {exc}", item
+            )
+            return
+        if groups and all(g.status in ("Complete", "Failed") for g in groups):
+            await self.finish_flow(item, flow_run_id, groups)  # it ended before the cancel
+            return
+        self.open.pop(item.combo.combo_id, None)
+        self.journal.write(
+            item,
+            Event.CANCELED,
+            flow_run_id=flow_run_id,
+            job_group_id=groups[0].id if groups else None,
+            job_group_ids=tuple(g.id for g in groups),
+            job_ids=tuple(j.id for g in groups for j in g.jobs),
+            status="Canceled",
+            reason="canceled by sweeper on interrupt",
+        )
+        self.journal.emit(
+            EventKind.CANCELED, f"{describe(item.combo)}: canceled flow run {flow_run_id}", item
+        )

@@ -83,9 +83,9 @@ class Case:
 
 
 def _ledger_of(sweep: str, schema: str = "sweeper-ledger/1") -> bytes:
-    from sweeper.ledger import COLUMNS
+    from sweeper.ledger import COLUMNS_V1  # a ledger written before flows is still read
 
-    header = ",".join((*COLUMNS, "param.Region"))
+    header = ",".join((*COLUMNS_V1, "param.Region"))
     row = [schema, "2026-11-29T00:00:00.000Z", sweep, "r1", "0123456789abcdef", "intent", "1", "0"]
     row += ["swp-x", '"{""Region"":""01""}"', "", "", "", "", "", "", "", "", "", "", "", ""]
     row += ["01"]

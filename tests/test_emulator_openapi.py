@@ -33,6 +33,10 @@ def test_openapi_document_lists_the_v4_surface() -> None:
         "/v4/jobGroups/{id}/cancel",
         "/v4/jobGroups/{id}/outputs",
         "/v4/jobLibrary",
+        "/v4/flows/{id}/run",
+        "/v4/flowRuns/{id}",
+        "/v4/flowRuns/{id}/status",
+        "/v4/flowRuns/{id}/jobGroups",
     } <= set(paths)
     assert schema.raw_schema["openapi"].startswith("3.")
 

@@ -32,7 +32,9 @@ def test_example_plans(project: Path, name: str) -> None:
     assert plan["actions"]["submit"] == plan["total"]
 
 
-@pytest.mark.parametrize("name", ["regions.toml", "rows.toml", "glob.toml", "backfill.toml"])
+@pytest.mark.parametrize(
+    "name", ["regions.toml", "rows.toml", "glob.toml", "backfill.toml", "flow.toml"]
+)
 def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None:
     # The backfill has 31 days: a canary of 5 keeps the test under the 25/min pacing window.
     limit = ["--limit", "5"] if name == "backfill.toml" else []
@@ -45,6 +47,8 @@ def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None
     finished = [r for r in rows if r["event"] == "finished"]
     assert finished and all(r["status"] == "Complete" for r in finished)
     assert len(finished) == len({r["combo_id"] for r in rows})
+    if name == "flow.toml":  # every flow run and all its job groups (2 recipes) are recorded
+        assert all(r["flow_run_id"] and len(r["job_group_ids"].split()) == 2 for r in finished)
 
 
 def test_public_api_names_resolve() -> None:

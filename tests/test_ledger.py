@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import errno
 import fcntl
 import io
@@ -386,9 +387,9 @@ def test_other_schema_version_refused(tmp_path: Path) -> None:
     path = tmp_path / "l.csv"
     with open_ledger(path) as led:
         led.append(make_row())
-    path.write_text(path.read_text().replace(SCHEMA, "sweeper-ledger/2"))
+    path.write_text(path.read_text().replace(SCHEMA, "sweeper-ledger/9"))
     with pytest.raises(
-        LedgerError, match=r"schema version sweeper-ledger/2.*reads sweeper-ledger/1"
+        LedgerError, match=r"schema version sweeper-ledger/9.*reads sweeper-ledger/2"
     ):
         read_ledger(path)
     path.write_text("schema,ts,something_else\n")
@@ -631,3 +632,52 @@ def test_plan_and_status_refuse_the_ledger_of_another_sweep(project: Path) -> No
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 1, (args, result.output)
         assert "belongs to the sweep 'nightly' (line 2), not 'regions'" in result.stderr, args
+
+
+def _v1_ledger(path: Path) -> None:
+    """A ledger as sweeper wrote it before flows (sweeper-ledger/1, no flow columns)."""
+    from sweeper.ledger import COLUMNS_V1, SCHEMA_V1
+
+    header = ",".join((*COLUMNS_V1, "param.Region"))
+    fields = [SCHEMA_V1, "2026-11-29T00:00:00.000Z", "regions", "r1", "c1", "submitted", "1", "0"]
+    fields += ["swp-x", '"{""Region"":""01""}"', "201", "41", "s", "42 43", "Created"]
+    fields += ["", "", "", "", "", "", "", "01"]
+    path.write_text(header + "\n" + ",".join(fields) + "\n")
+
+
+def test_a_v1_ledger_is_read_and_appended_in_its_own_layout(tmp_path: Path) -> None:
+    from sweeper.ledger import SCHEMA_V1
+
+    path = tmp_path / "old.csv"
+    _v1_ledger(path)
+    with Ledger.open(path, sweep="regions", param_names=["Region"]) as ledger:
+        (old,) = ledger.rows
+        assert (old.job_group_id, old.job_ids, old.flow_run_id) == (41, (42, 43), None)
+        assert ledger.schema == SCHEMA_V1
+        ledger.append(dataclasses.replace(old, event=Event.FINISHED, status="Complete"))
+        with pytest.raises(LedgerError, match="cannot record a flow run"):
+            ledger.append(dataclasses.replace(old, flow_run_id=7, job_group_ids=(41,)))
+    rows = read_ledger(path)
+    assert [r.event for r in rows] == [Event.SUBMITTED, Event.FINISHED]
+    assert path.read_text().splitlines()[2].startswith(SCHEMA_V1 + ",")
+
+
+def test_flow_columns_round_trip_in_a_new_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "flow.csv"
+    row = LedgerRow(
+        ts="2026-11-29T00:00:00.000Z",
+        sweep="flows",
+        run_id="r1",
+        combo_id="c1",
+        event=Event.SUBMITTED,
+        job_group_id=5,
+        job_group_ids=(5, 9),
+        flow_run_id=4,
+        params={"Region": "01"},
+    )
+    with Ledger.open(path, sweep="flows", param_names=["Region"]) as ledger:
+        ledger.append(row)
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[: len(COLUMNS)] == list(COLUMNS) and "flow_run_id" in header
+    (back,) = read_ledger(path)
+    assert (back.flow_run_id, back.job_group_ids, back.job_group_id) == (4, (5, 9), 5)

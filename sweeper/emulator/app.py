@@ -16,9 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sweeper.emulator.catalog import Dataset, UnsafeSourceError, load_catalog
+from sweeper.emulator.catalog import Dataset, Flow, UnsafeSourceError, load_catalog, load_flows
 from sweeper.emulator.engine import Engine
 from sweeper.emulator.faults import FaultInjector
+from sweeper.emulator.flows import (
+    get_flow_run,
+    get_flow_run_job_groups,
+    get_flow_run_status,
+    run_flow,
+)
 from sweeper.emulator.http import (
     ApiProblem,
     DropConnection,
@@ -71,6 +77,10 @@ class Emulator:
         self.faults = FaultInjector(settings.faults, settings.seed)
         self.engine = Engine(settings, self.store, self.catalog, self.faults)
         self.quota = Quota(settings.quota_user_per_min, settings.quota_workspace_per_min)
+        self.flows: dict[int, Flow] = load_flows(settings.catalog_path, self.catalog)
+        self.flow_quota = Quota(
+            settings.flow_quota_user_per_min, settings.flow_quota_workspace_per_min, "runFlow"
+        )
 
     async def delay(self, endpoint: str) -> None:
         seconds = self.faults.latency(endpoint)
@@ -465,6 +475,10 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         _route("/v4/jobGroups/{id}/outputs", {"GET": get_outputs}),
         _route("/v4/jobs/{id}/status", {"GET": get_job_status}),
         _route("/v4/jobLibrary", {"GET": list_job_library}),
+        _route("/v4/flows/{id}/run", {"POST": run_flow}),
+        _route("/v4/flowRuns/{id}", {"GET": get_flow_run}),
+        _route("/v4/flowRuns/{id}/status", {"GET": get_flow_run_status}),
+        _route("/v4/flowRuns/{id}/jobGroups", {"GET": get_flow_run_job_groups}),
         openapi_route(),
         *oracle_routes(),
         *oauth_routes(),

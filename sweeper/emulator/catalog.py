@@ -234,3 +234,48 @@ def load_catalog(path: Path | None = None) -> dict[int, Dataset]:
             recipe=tuple(_check_step(path, f"{key}.recipe[{i}]", s) for i, s in enumerate(steps)),
         )
     return catalog
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One flow: a name and the recipes (wrangledDataset ids) whose outputs a run produces."""
+
+    id: int
+    name: str
+    recipes: tuple[int, ...]
+
+
+def load_flows(
+    path: Path | None = None, datasets: Mapping[int, Dataset] | None = None
+) -> dict[int, Flow]:
+    """The ``[flows.<id>]`` tables of a catalog (none is fine); raises ConfigError."""
+    path = path or DEFAULT_CATALOG
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the catalog: {exc}.", path=str(path)) from exc
+    tables = data.get("flows", {})
+    if not isinstance(tables, dict):
+        raise _bad(path, "flows", "flows must be tables, e.g. [flows.12].")
+    datasets = datasets if datasets is not None else load_catalog(path)
+    flows: dict[int, Flow] = {}
+    for raw_id, table in tables.items():
+        key = f"flows.{raw_id}"
+        if not str(raw_id).isdigit() or not isinstance(table, dict):
+            raise _bad(path, key, "flow keys must be integer flow ids, e.g. [flows.12].")
+        recipes = table.get("recipes")
+        if (
+            not isinstance(recipes, list)
+            or not recipes
+            or not all(isinstance(r, int) and r in datasets for r in recipes)
+        ):
+            raise _bad(
+                path, f"{key}.recipes", "list the flow's recipes by dataset id, e.g. [33, 1]."
+            )
+        names = [datasets[r].name for r in recipes]
+        if len(set(names)) != len(names):
+            raise _bad(path, f"{key}.recipes", "a flow's recipes need distinct names.")
+        flows[int(raw_id)] = Flow(
+            int(raw_id), str(table.get("name", f"flow-{raw_id}")), tuple(recipes)
+        )
+    return flows

@@ -341,6 +341,13 @@ class Engine:
             data["writeSetting"] = ws
         return data
 
+    def _flow_run_ref(self, group_id: int) -> dict[str, int] | None:
+        """``{"id": flowRunId}`` for a group a flow run started, else None (a recipe run)."""
+        rows = self.store.query(
+            "SELECT flow_run_id FROM flow_run_groups WHERE group_id = ?", (group_id,)
+        )
+        return {"id": int(rows[0][0])} if rows else None
+
     def group_json(
         self, group: sqlite3.Row, jobs: Sequence[sqlite3.Row], now: float, embed: set[str]
     ) -> dict[str, Any]:
@@ -375,7 +382,7 @@ class Engine:
             "updater": {"id": 1},
             "snapshot": {"id": group["id"]},
             "wrangledDataset": {"id": group["dataset_id"]},
-            "flowRun": None,
+            "flowRun": self._flow_run_ref(int(group["id"])),
             "runParameters": {"overrides": {"data": _given(body)}},
         }
         if "wrangledDataset" in embed:

@@ -183,6 +183,99 @@ RUN_JOB_RESULT = {
     },
 }
 
+RUN_FLOW_REQUEST = {
+    "type": "object",
+    "description": "Every member is optional; the body itself may be omitted.",
+    "properties": {
+        "runParameters": RUN_JOB_REQUEST["properties"]["runParameters"],  # type: ignore[index]
+        "wrangledDatasetIds": {"type": "array", "items": {"type": "integer"}},
+        "overrides": {
+            "type": ["object", "null"],
+            "description": "keyed by recipe name: {profiler, writesettings, execution}",
+        },
+        "execution": {"type": "string"},
+        "ignoreRecipeErrors": {"type": "boolean"},
+    },
+}
+RUN_FLOW_RESULT = {
+    "type": "object",
+    "required": ["flowRunId", "data"],
+    "properties": {
+        "flowRunId": {"type": "integer"},
+        "data": {"type": "array", "items": RUN_JOB_RESULT},
+    },
+}
+FLOW_RUN = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {
+        "id": {"type": "integer"},
+        "flow": REF,
+        "status": STATUS,
+        "createdAt": {"type": "string"},
+        "updatedAt": {"type": "string"},
+    },
+}
+
+
+def _flow_paths() -> dict[str, Any]:
+    """runFlow and the flow-run reads."""
+    return {
+        "/v4/flows/{id}/run": {
+            "post": {
+                "operationId": "runFlow",
+                "parameters": [
+                    ID_PARAM,
+                    {"name": "x-execution-id", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": RUN_FLOW_REQUEST}},
+                },
+                "responses": {
+                    "201": _ok("One job group per recipe output started", RUN_FLOW_RESULT),
+                    "304": {"description": "A flow run with this x-execution-id exists"},
+                    **ERRORS,
+                    "429": _error("runFlow quota reached"),
+                },
+            }
+        },
+        "/v4/flowRuns/{id}": {
+            "get": {
+                "operationId": "getFlowRun",
+                "parameters": [ID_PARAM],
+                "responses": {"200": _ok("A flow run", FLOW_RUN), **ERRORS},
+            }
+        },
+        "/v4/flowRuns/{id}/status": {
+            "get": {
+                "operationId": "getFlowRunStatus",
+                "parameters": [ID_PARAM],
+                "responses": {"200": _ok("The status as a bare JSON string", STATUS), **ERRORS},
+            }
+        },
+        "/v4/flowRuns/{id}/jobGroups": {
+            "get": {
+                "operationId": "getFlowRunJobGroups",
+                "parameters": [ID_PARAM],
+                "responses": {
+                    "200": _ok(
+                        "The flow run's job groups, in start order",
+                        {
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {
+                                "data": {"type": "array", "items": JOB_GROUP},
+                                "count": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+    }
+
 
 def openapi_document() -> dict[str, Any]:
     """The document; response codes list everything the emulator can answer without faults."""
@@ -380,6 +473,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_flow_paths(),
         },
     }
 

@@ -44,6 +44,27 @@ async def oracle_job_groups(request: Request) -> Response:
     return JSONResponse({"data": data, "count": len(data)})
 
 
+async def oracle_flow_runs(request: Request) -> Response:
+    """Every flow run ever created (since the last reset), oldest first, with its job groups."""
+    emulator = _emulator(request)
+    data = []
+    for row in emulator.store.query("SELECT * FROM flow_runs ORDER BY id"):
+        groups = emulator.store.query(
+            "SELECT group_id FROM flow_run_groups WHERE flow_run_id = ? ORDER BY seq", (row["id"],)
+        )
+        data.append(
+            {
+                "id": int(row["id"]),
+                "flowId": int(row["flow_id"]),
+                "executionId": row["execution_id"],
+                "body": json.loads(row["body"]),
+                "createdAt": row["created_at"],
+                "jobGroupIds": [int(g[0]) for g in groups],
+            }
+        )
+    return JSONResponse({"data": data, "count": len(data)})
+
+
 async def oracle_stats(request: Request) -> Response:
     """Counters tests and benchmarks rely on; the names are stable (docs/emulator.md)."""
     store = _emulator(request).store
@@ -67,6 +88,9 @@ async def oracle_stats(request: Request) -> Response:
             "duplicate_creations_by_params": sum(n - 1 for n in duplicates.values()),
             "served_304": counters.get("served_304", 0),
             "served_429": counters.get("served_429", 0),
+            "flow_posts_received": counters.get("flow_posts_received", 0),
+            "flow_runs_created": int(store.query("SELECT count(*) FROM flow_runs")[0][0]),
+            "served_429_run_flow": counters.get("served_429:runFlow", 0),
             "faults_served": {
                 name.split(":", 1)[1]: value
                 for name, value in sorted(counters.items())
@@ -85,6 +109,7 @@ async def oracle_reset(request: Request) -> Response:
 def oracle_routes() -> list[BaseRoute]:
     return [
         Route("/_emulator/jobGroups", oracle_job_groups, methods=["GET"]),
+        Route("/_emulator/flowRuns", oracle_flow_runs, methods=["GET"]),
         Route("/_emulator/stats", oracle_stats, methods=["GET"]),
         Route("/_emulator/reset", oracle_reset, methods=["POST"]),
     ]

@@ -49,6 +49,25 @@ CREATE INDEX IF NOT EXISTS jobs_due ON jobs (final_status, end_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quota_events (at REAL NOT NULL, user_key TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS quota_events_at ON quota_events (at);
+CREATE TABLE IF NOT EXISTS endpoint_quota_events (
+    endpoint TEXT NOT NULL, at REAL NOT NULL, user_key TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS endpoint_quota_events_at ON endpoint_quota_events (endpoint, at);
+CREATE TABLE IF NOT EXISTS flow_runs (
+    id INTEGER PRIMARY KEY,
+    flow_id INTEGER NOT NULL,
+    execution_id TEXT UNIQUE,
+    body TEXT NOT NULL,                -- the request body as received (JSON)
+    created_at REAL NOT NULL,
+    user_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS flow_run_groups (
+    flow_run_id INTEGER NOT NULL REFERENCES flow_runs (id),
+    group_id INTEGER NOT NULL REFERENCES job_groups (id),
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (flow_run_id, seq)
+);
+CREATE INDEX IF NOT EXISTS flow_run_groups_group ON flow_run_groups (group_id);
 """
 
 
@@ -134,7 +153,15 @@ class Store:
     def reset(self) -> None:
         """Forget every group, job, counter and quota event; ids keep growing."""
         with self.transaction() as conn:
-            for table in ("jobs", "job_groups", "counters", "quota_events"):
+            for table in (
+                "jobs",
+                "job_groups",
+                "counters",
+                "quota_events",
+                "endpoint_quota_events",
+                "flow_run_groups",
+                "flow_runs",
+            ):
                 conn.execute(f"DELETE FROM {table}")
 
 
