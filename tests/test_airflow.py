@@ -1,0 +1,189 @@
+"""sweeper.airflow under Airflow itself: ``dag.test()`` against a served emulator.
+
+Airflow reads its configuration at its first import, so nothing here imports it at collection:
+the session fixture sets ``AIRFLOW_HOME`` (one per xdist worker) first, then builds the database.
+The tests share one xdist group, so one worker pays Airflow's warm-up once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.reliab_support import created_groups, ledger_rows, served_emulator, write_sweep
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("airflow") is None,
+        reason="Airflow is not installed: pip install -e '.[test,airflow]'",
+    ),
+    pytest.mark.xdist_group("airflow"),
+]
+
+TOKEN = "airflow-test-token-5f0c2a9e71d84b36"
+CONN_ID = "dataprep_test"
+DAG_ID = "sweeper_airflow_test"
+SHARDS = 4
+
+# The DAG file Airflow parses and serializes; dag.test() needs the DAG in its database. The
+# sweep file comes from the environment, so each test sweeps its own project.
+DAG_FILE = f'''\
+"""A test DAG (airflow dag): sweeper's task group over the sweep file in $SWEEPER_TEST_CONFIG."""
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from sweeper.airflow import sweep_task_group
+
+with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 11, 1), catchup=False) as dag:
+    sweep_task_group(
+        os.environ.get("SWEEPER_TEST_CONFIG", "missing.toml"),
+        shards={SHARDS},
+        conn_id="{CONN_ID}",
+        retries=1,
+        retry_delay=timedelta(0),
+    )
+'''
+
+
+@pytest.fixture(scope="session")
+def airflow_dags(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An Airflow home of this worker's own, its database built; returns the DAGs folder."""
+    import os
+
+    home = tmp_path_factory.mktemp("airflow-home")
+    dags = home / "dags"
+    dags.mkdir()
+    (dags / "sweeper_test_dag.py").write_text(DAG_FILE, encoding="utf-8")
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+    from airflow.utils import db
+
+    db.resetdb()
+    return dags
+
+
+def _dag(dags: Path) -> Any:
+    """The test DAG, loaded from its file in the DAGs folder (rebuilt for this test's config)."""
+    name = "sweeper_test_dag"
+    sys.modules.pop(name, None)
+    spec = importlib.util.spec_from_file_location(name, dags / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.dag
+
+
+@pytest.fixture
+def sweep(
+    airflow_dags: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, str]]:
+    """A 12-combination sweep against a served emulator that accepts TOKEN only; the
+    connection's host points sweeper at it (the sweep file names an unreachable host)."""
+    with served_emulator(tmp_path / "emulator", token=TOKEN) as url:
+        host, port = url.removeprefix("http://").split(":")
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{CONN_ID.upper()}",
+            json.dumps(
+                {
+                    "conn_type": "http",
+                    "host": host,
+                    "port": int(port),
+                    "schema": "http",
+                    "password": TOKEN,
+                }
+            ),
+        )
+        config = write_sweep(
+            tmp_path / "project" / "configs" / "nightly.toml",
+            name="nightly",
+            base_url="https://dataprep.invalid",
+            matrix='Region = ["01", "02", "03"]\nbatch = { start = 1, end = 4 }',
+            token_env="SWEEPER_AIRFLOW_TOKEN",
+        )
+        monkeypatch.setenv("SWEEPER_TEST_CONFIG", str(config))
+        monkeypatch.delenv("SWEEPER_AIRFLOW_TOKEN", raising=False)
+        yield config, url
+
+
+def _ledgers(config: Path) -> dict[str, list[dict[str, str]]]:
+    results = config.parent.parent / "results"
+    return {p.name: ledger_rows(p) for p in sorted(results.glob("nightly.shard-*-of-4.csv"))}
+
+
+def _assert_created_once(url: str) -> None:
+    groups = created_groups(url)
+    params = Counter(json.dumps(g.get("runParameters"), sort_keys=True) for g in groups)
+    assert len(groups) == 12
+    assert len(params) == 12, params  # no combination twice
+
+
+def test_mapped_shards_defer_and_report(
+    sweep: tuple[Path, str], airflow_dags: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config, url = sweep
+    run = _dag(airflow_dags).test()
+    assert run.state == "success"
+    _assert_created_once(url)
+    ledgers = _ledgers(config)
+    assert len(ledgers) == SHARDS
+    for name, rows in ledgers.items():
+        # The run submitted without waiting; only the resumed task (after the trigger) writes
+        # `finished` rows, so each shard deferred and came back.
+        finished = [r for r in rows if r["event"] == "finished"]
+        assert finished and all(r["status"] == "Complete" for r in finished), name
+        assert {r["run_id"] for r in rows} == {run.logical_date.date().isoformat()}
+    assert sum(len({r["combo_id"] for r in rows}) for rows in ledgers.values()) == 12
+    out, err = capfd.readouterr()
+    assert TOKEN not in out + err
+    logs = airflow_dags.parent / "logs"
+    for path in logs.rglob("*") if logs.exists() else ():
+        if path.is_file():
+            assert TOKEN not in path.read_text(encoding="utf-8", errors="replace"), path
+
+
+def test_a_shard_that_crashes_mid_submission_is_retried_without_duplicates(
+    sweep: tuple[Path, str], airflow_dags: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sweeper.airflow import SweepShardOperator
+    from sweeper.journal import EventKind, RunEvent
+
+    config, url = sweep
+    crashes: list[int] = []
+    logged = SweepShardOperator.on_sweep_event
+
+    def crash_once(self: SweepShardOperator, event: RunEvent) -> None:
+        logged(self, event)
+        # The worker dies after its first submission was recorded, in the middle of its shard.
+        if event.kind is EventKind.SUBMITTED and not crashes:
+            crashes.append(self.shard)
+            raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(SweepShardOperator, "on_sweep_event", crash_once)
+    run = _dag(airflow_dags).test()
+    assert crashes, "the crash hook never ran"
+    assert run.state == "success"
+    _assert_created_once(url)
+    crashed = _ledgers(config)[f"nightly.shard-{crashes[0]}-of-4.csv"]
+    assert [r for r in crashed if r["event"] == "finished"]
+
+
+def test_a_bad_config_fails_the_plan_and_submits_nothing(
+    sweep: tuple[Path, str], airflow_dags: Path
+) -> None:
+    config, url = sweep
+    config.write_text(config.read_text(encoding="utf-8") + "\n[bogus]\nkey = 1\n", "utf-8")
+    run = _dag(airflow_dags).test()
+    assert run.state == "failed"
+    assert created_groups(url) == []
+    assert _ledgers(config) == {}
