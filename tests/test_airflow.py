@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +42,13 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from sweeper.airflow import sweep_task_group
+from sweeper.airflow import SweepOperator, sweep_task_group
+
+with DAG(f"{DAG_ID}_single", schedule=None, start_date=datetime(2026, 11, 1)) as single:
+    SweepOperator(
+        task_id="sweep", config=os.environ.get("SWEEPER_TEST_CONFIG", "missing.toml"),
+        conn_id="{CONN_ID}",
+    )
 
 with DAG("{DAG_ID}", schedule=None, start_date=datetime(2026, 11, 1), catchup=False) as dag:
     sweep_task_group(
@@ -73,24 +80,29 @@ def airflow_dags(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dags
 
 
-def _dag(dags: Path) -> Any:
-    """The test DAG, loaded from its file in the DAGs folder (rebuilt for this test's config)."""
-    name = "sweeper_test_dag"
-    sys.modules.pop(name, None)
-    spec = importlib.util.spec_from_file_location(name, dags / f"{name}.py")
+def _dag(dags: Path, name: str = "dag") -> Any:
+    """A test DAG, loaded from its file in the DAGs folder (rebuilt for this test's config)."""
+    module_name = "sweeper_test_dag"
+    sys.modules.pop(module_name, None)
+    spec = importlib.util.spec_from_file_location(module_name, dags / f"{module_name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.dag
+    return getattr(module, name)
 
 
 @pytest.fixture
 def sweep(
-    airflow_dags: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    airflow_dags: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: Any
 ) -> Iterator[tuple[Path, str]]:
     """A 12-combination sweep against a served emulator that accepts TOKEN only; the
-    connection's host points sweeper at it (the sweep file names an unreachable host)."""
-    with served_emulator(tmp_path / "emulator", token=TOKEN) as url:
+    connection's host points sweeper at it (the sweep file names an unreachable host).
+    Parametrize indirectly with a faults file's text to inject faults."""
+    faults = getattr(request, "param", None)
+    # Jobs take a fifth of a second, so the shards still defer while keeping the tests short.
+    with served_emulator(
+        tmp_path / "emulator", token=TOKEN, faults=faults, args=["--time-scale", "5"]
+    ) as url:
         host, port = url.removeprefix("http://").split(":")
         monkeypatch.setenv(
             f"AIRFLOW_CONN_{CONN_ID.upper()}",
@@ -121,6 +133,16 @@ def _ledgers(config: Path) -> dict[str, list[dict[str, str]]]:
     return {p.name: ledger_rows(p) for p in sorted(results.glob("nightly.shard-*-of-4.csv"))}
 
 
+def _xcoms(dag_id: str) -> list[str]:
+    """Every XCom value the DAG's runs stored, as text."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == dag_id).all()
+        return [json.dumps(row.value) for row in rows]
+
+
 def _assert_created_once(url: str) -> None:
     groups = created_groups(url)
     params = Counter(json.dumps(g.get("runParameters"), sort_keys=True) for g in groups)
@@ -146,6 +168,8 @@ def test_mapped_shards_defer_and_report(
     assert sum(len({r["combo_id"] for r in rows}) for rows in ledgers.values()) == 12
     out, err = capfd.readouterr()
     assert TOKEN not in out + err
+    xcoms = _xcoms(DAG_ID)
+    assert xcoms and TOKEN not in "".join(xcoms)
     logs = airflow_dags.parent / "logs"
     for path in logs.rglob("*") if logs.exists() else ():
         if path.is_file():
@@ -187,3 +211,50 @@ def test_a_bad_config_fails_the_plan_and_submits_nothing(
     assert run.state == "failed"
     assert created_groups(url) == []
     assert _ledgers(config) == {}
+
+
+@pytest.mark.parametrize("sweep", ['[jobs]\nfail_params = { Region = ["02"] }\n'], indirect=True)
+def test_a_failed_combination_fails_its_shard_the_report_and_the_run(
+    sweep: tuple[Path, str], airflow_dags: Path
+) -> None:
+    _config, url = sweep
+    run = _dag(airflow_dags).test()
+    assert run.state == "failed"
+    states = {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert states[("sweep.report", -1)] == "failed"  # all_done: it ran, and said so
+    assert "failed" in {s for (task, _), s in states.items() if task == "sweep.shard"}
+    # The shards' retries submitted nothing again: a failed combination is done in its run.
+    _assert_created_once(url)
+
+
+def test_sweep_operator_runs_the_whole_sweep_in_one_task(
+    sweep: tuple[Path, str], airflow_dags: Path
+) -> None:
+    config, url = sweep
+    run = _dag(airflow_dags, "single").test()
+    assert run.state == "success"
+    _assert_created_once(url)
+    rows = ledger_rows(config.parent.parent / "results" / "nightly.csv")
+    assert len({r["combo_id"] for r in rows if r["event"] == "finished"}) == 12
+
+
+def test_the_trigger_round_trips_through_strings_and_ints_only() -> None:
+    from sweeper.airflow import SweepShardTrigger
+
+    trigger = SweepShardTrigger(
+        config="configs/nightly.toml",
+        conn_id=CONN_ID,
+        job_group_ids="4,7",
+        deadline=1_800_000_000,
+        run_id="2026-11-29",
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "sweeper.airflow.SweepShardTrigger"
+    assert all(type(v) in (str, int) for v in kwargs.values())
+    assert SweepShardTrigger(**kwargs).serialize() == (classpath, kwargs)
+
+
+def test_importing_sweeper_never_imports_airflow() -> None:
+    code = "import sys, sweeper, sweeper.commands, sweeper.cli; print('airflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
