@@ -356,9 +356,9 @@ class SweepShardTrigger(BaseTrigger):
         waiting = {int(i) for i in self.job_group_ids.split(",") if i.strip()}
         try:
             conn = await BaseHook.aget_connection(self.conn_id)
-            # Reading the sweep file and a token file are blocking calls: off the event loop.
+            # Reading the sweep file (and a token file) blocks: off the triggerer's event loop.
             cfg, env = await asyncio.to_thread(configured, self.config, conn)
-            client = connect(cfg, environ=env)
+            client = await asyncio.to_thread(connect, cfg, environ=env)
         except ConfigError as exc:
             yield _event(self.run_id, "error", redact(str(exc)))
             return
