@@ -122,6 +122,8 @@ def sweep(
             base_url="https://dataprep.invalid",
             matrix='Region = ["01", "02", "03"]\nbatch = { start = 1, end = 4 }',
             token_env="SWEEPER_AIRFLOW_TOKEN",
+            # The shards pace themselves through one shared budget, as in production.
+            run={"rate_store": "sqlite:///results/.rate.sqlite"},
         )
         monkeypatch.setenv("SWEEPER_TEST_CONFIG", str(config))
         monkeypatch.delenv("SWEEPER_AIRFLOW_TOKEN", raising=False)
@@ -166,6 +168,7 @@ def test_mapped_shards_defer_and_report(
         assert finished and all(r["status"] == "Complete" for r in finished), name
         assert {r["run_id"] for r in rows} == {run.logical_date.date().isoformat()}
     assert sum(len({r["combo_id"] for r in rows}) for rows in ledgers.values()) == 12
+    assert (config.parent.parent / "results" / ".rate.sqlite").is_file()  # paced through it
     out, err = capfd.readouterr()
     assert TOKEN not in out + err
     xcoms = _xcoms(DAG_ID)
@@ -176,8 +179,9 @@ def test_mapped_shards_defer_and_report(
             assert TOKEN not in path.read_text(encoding="utf-8", errors="replace"), path
 
 
-def test_a_shard_that_crashes_mid_submission_is_retried_without_duplicates(
-    sweep: tuple[Path, str], airflow_dags: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("where", ["submission", "resume"])
+def test_a_shard_that_crashes_once_is_retried_without_duplicates(
+    sweep: tuple[Path, str], airflow_dags: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     from sweeper.airflow import SweepShardOperator
     from sweeper.journal import EventKind, RunEvent
@@ -185,15 +189,27 @@ def test_a_shard_that_crashes_mid_submission_is_retried_without_duplicates(
     config, url = sweep
     crashes: list[int] = []
     logged = SweepShardOperator.on_sweep_event
+    resume = SweepShardOperator.resume
 
-    def crash_once(self: SweepShardOperator, event: RunEvent) -> None:
+    def crash_mid_submission(self: SweepShardOperator, event: RunEvent) -> None:
         logged(self, event)
         # The worker dies after its first submission was recorded, in the middle of its shard.
         if event.kind is EventKind.SUBMITTED and not crashes:
             crashes.append(self.shard)
             raise RuntimeError("worker lost")
 
-    monkeypatch.setattr(SweepShardOperator, "on_sweep_event", crash_once)
+    def crash_on_resume(self: SweepShardOperator, context: Any, event: Any) -> dict[str, int]:
+        # The worker dies after the trigger fired, before the shard's outcomes were recorded:
+        # the retry starts again from execute() and so submits its shard again.
+        if not crashes:
+            crashes.append(self.shard)
+            raise RuntimeError("worker lost")
+        return resume(self, context, event)
+
+    if where == "submission":
+        monkeypatch.setattr(SweepShardOperator, "on_sweep_event", crash_mid_submission)
+    else:
+        monkeypatch.setattr(SweepShardOperator, "resume", crash_on_resume)
     run = _dag(airflow_dags).test()
     assert crashes, "the crash hook never ran"
     assert run.state == "success"
@@ -258,3 +274,41 @@ def test_importing_sweeper_never_imports_airflow() -> None:
     code = "import sys, sweeper, sweeper.commands, sweeper.cli; print('airflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("host", "schema", "port", "expected"),
+    [
+        ("", None, None, None),
+        ("api.eu.alteryxcloud.com", None, None, "https://api.eu.alteryxcloud.com"),
+        ("127.0.0.1", "http", 8042, "http://127.0.0.1:8042"),
+        ("https://trifacta.example.com/api", None, 8443, "https://trifacta.example.com:8443/api"),
+        ("http://127.0.0.1:9000", None, 1234, "http://127.0.0.1:9000"),
+    ],
+)
+def test_the_connection_host_becomes_the_base_url(
+    host: str, schema: str | None, port: int | None, expected: str | None
+) -> None:
+    from types import SimpleNamespace
+
+    from sweeper.airflow import _base_url
+
+    assert _base_url(SimpleNamespace(host=host, schema=schema, port=port)) == expected
+
+
+def test_the_connection_fills_the_credential_the_sweep_file_names(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sweeper.airflow import configured
+
+    path = write_sweep(
+        tmp_path / "configs" / "s.toml",
+        name="s",
+        base_url="https://dataprep.invalid",
+        matrix='Region = ["01"]',
+        token_env="MY_TOKEN",
+    )
+    conn = SimpleNamespace(host="", schema=None, port=None, login=None, password=TOKEN)
+    cfg, env = configured(path, conn)
+    assert env["MY_TOKEN"] == TOKEN
+    assert cfg.api.base_url == "https://dataprep.invalid"
