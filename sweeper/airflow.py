@@ -23,7 +23,7 @@ import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -225,7 +225,7 @@ class SweepShardOperator(_SweepBase):
         )
         if summary.stopped_early:
             raise AirflowException(summary_text(summary))
-        open_ids = self._open_groups(cfg, summary.run_id)
+        open_ids, since = self._open_groups(cfg, summary.run_id)
         if not open_ids:
             return self.resume(context, {"status": "done", "run_id": summary.run_id})
         self.log.info("Waiting on %d job groups (deferred).", len(open_ids))
@@ -236,6 +236,7 @@ class SweepShardOperator(_SweepBase):
                 job_group_ids=",".join(str(i) for i in open_ids),
                 deadline=int(time.time() + cfg.run.timeout),
                 run_id=summary.run_id,
+                since=since,
             ),
             method_name="resume",
         )
@@ -245,15 +246,20 @@ class SweepShardOperator(_SweepBase):
 
         return Shard(self.shard, self.shards).ledger(cfg.sweep.ledger)
 
-    def _open_groups(self, cfg: SweepConfig, run_id: str) -> list[int]:
+    def _open_groups(self, cfg: SweepConfig, run_id: str) -> tuple[list[int], int]:
+        """The shard's open job groups, and when its run began (epoch seconds; 0 if unknown),
+        which bounds the job library pages the trigger reads."""
         from sweeper.ledger import current_state, read_ledger
-        from sweeper.refreshing import open_groups
+        from sweeper.refreshing import open_groups, run_start
 
         path = self._ledger(cfg)
         if not path.exists():
-            return []
-        rows = current_state(read_ledger(path, sweep=cfg.sweep.name), run_id=run_id)
-        return sorted({r.job_group_id for r in open_groups(list(rows.values())) if r.job_group_id})
+            return [], 0
+        history = read_ledger(path, sweep=cfg.sweep.name)
+        rows = current_state(history, run_id=run_id)
+        start = run_start(history, run_id)
+        ids = sorted({r.job_group_id for r in open_groups(list(rows.values())) if r.job_group_id})
+        return ids, int(start.timestamp()) if start is not None else 0
 
     def resume(self, context: Any, event: Mapping[str, Any]) -> dict[str, int]:
         """Record how the shard's job groups ended; fail unless all its combinations succeeded."""
@@ -325,7 +331,14 @@ class SweepShardTrigger(BaseTrigger):
     """
 
     def __init__(
-        self, *, config: str, conn_id: str, job_group_ids: str, deadline: int, run_id: str
+        self,
+        *,
+        config: str,
+        conn_id: str,
+        job_group_ids: str,
+        deadline: int,
+        run_id: str,
+        since: int = 0,
     ) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
@@ -333,6 +346,7 @@ class SweepShardTrigger(BaseTrigger):
         self.job_group_ids = job_group_ids
         self.deadline = deadline
         self.run_id = run_id
+        self.since = since  # epoch seconds the shard's run began (0: unknown)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -343,6 +357,7 @@ class SweepShardTrigger(BaseTrigger):
                 "job_group_ids": self.job_group_ids,
                 "deadline": self.deadline,
                 "run_id": self.run_id,
+                "since": self.since,
             },
         )
 
@@ -363,8 +378,11 @@ class SweepShardTrigger(BaseTrigger):
             yield _event(self.run_id, "error", redact(str(exc)))
             return
         run = cfg.run
+        since = datetime.fromtimestamp(self.since, timezone.utc) if self.since else None
         poller = StatusPoller(
-            client, Pacer(1, 1.0 / run.max_polls_per_second, sleep=asyncio.sleep, margin=0.0)
+            client,
+            Pacer(1, 1.0 / run.max_polls_per_second, sleep=asyncio.sleep, margin=0.0),
+            since=since,  # the groups were created after the run began: pages stop there
         )
         async with client:
             for delay in poll_delays(run.poll_interval, run.poll_max_interval):

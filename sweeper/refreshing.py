@@ -74,7 +74,7 @@ class StatusResult:
         return sum(1 for row in self.rows if state_of(row).is_open)
 
 
-def _run_start(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
+def run_start(history: Sequence[LedgerRow], run_id: str) -> datetime | None:
     """When the run's first row was written, less clock skew: its groups were created after."""
     stamps = [row.ts for row in history if row.run_id == run_id and row.ts]
     try:
@@ -138,7 +138,7 @@ async def refresh(
     if shared is not None:
         result.held_by = list(shared.busy)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
-    poller = StatusPoller(client, gate, since=_run_start(history, rid))
+    poller = StatusPoller(client, gate, since=run_start(history, rid))
     delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
     expected: dict[str, tuple[str, ...]] | None = None

@@ -263,6 +263,7 @@ def test_the_trigger_round_trips_through_strings_and_ints_only() -> None:
         job_group_ids="4,7",
         deadline=1_800_000_000,
         run_id="2026-11-29",
+        since=1_764_000_000,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "sweeper.airflow.SweepShardTrigger"
