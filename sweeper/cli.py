@@ -571,6 +571,20 @@ def emulator() -> None:
     help="runJobGroup requests per workspace per minute (0: no quota).",
 )
 @click.option(
+    "--flow-quota-user",
+    type=_IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="runFlow requests per user per minute (0: no quota).",
+)
+@click.option(
+    "--flow-quota-workspace",
+    type=_IntRange(min=0),
+    default=40,
+    show_default=True,
+    help="runFlow requests per workspace per minute (0: no quota).",
+)
+@click.option(
     "--output-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("emulator-output"),
@@ -596,6 +610,8 @@ def emulator_serve(
     token_env: str | None,
     quota_user: int,
     quota_workspace: int,
+    flow_quota_user: int,
+    flow_quota_workspace: int,
     output_root: Path,
     time_scale: float,
     seed: int,
@@ -622,6 +638,8 @@ def emulator_serve(
             faults=load_faults(faults) if faults else None,
             quota_user_per_min=quota_user,
             quota_workspace_per_min=quota_workspace,
+            flow_quota_user_per_min=flow_quota_user,
+            flow_quota_workspace_per_min=flow_quota_workspace,
             token=token,
             output_root=output_root,
             time_scale=time_scale,

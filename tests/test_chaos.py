@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.reliab_support import (
@@ -145,3 +146,78 @@ def test_sigkill_five_times_then_resume_creates_each_combination_once(tmp_path: 
         f"{sum(per_combo.values()) - len(per_combo)} duplicates, "
         f"{counters['served_304']} 304s, faults {counters['faults_served']}"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_a_flow_sweep_then_resume_starts_each_flow_run_once(tmp_path: Path) -> None:
+    """The same for a flow sweep: every combination gets exactly one flow run, and the ledger
+    ends with that run and all of its job groups."""
+    seed = _seed()
+    rng = random.Random(seed)
+    where = f"[SWEEPER_CHAOS_SEED={seed}]"
+    with served_emulator(
+        tmp_path / "server",
+        faults=f"seed = {seed}\n\n[latency]\npost = [0.0, {LATENCY_MAX}]\n",
+        args=[
+            *("--flow-quota-user", "6000", "--flow-quota-workspace", "12000"),
+            *("--time-scale", "10"),
+        ],
+    ) as url:
+        project = tmp_path / "project"
+        config = write_sweep(
+            project / "flowchaos.toml",
+            name="flowchaos",
+            base_url=url,
+            matrix=f"""
+            Region = ["01", "02", "03", "04"]
+            batch = {{ start = 1, end = {BATCHES}, format = "03d" }}
+            """,
+            run={
+                "rate": "3000/min",
+                "concurrency": 8,
+                "poll_interval": "0.2s",
+                "poll_max_interval": "1s",
+                "timeout": "4m",
+                "settle": f"{LATENCY_MAX + 0.5}s",
+            },
+            retry={"attempts": 10, "max_wait": "1s", "total": "30s", "budget": 2.0},
+        )
+        # A flow instead of a recipe: flow 12 runs recipes 33 and 1, each with its own output.
+        text = config.read_text(encoding="utf-8").replace("dataset = 33", "flow = 12")
+        text = text.replace(
+            "[[overrides.writeSettings]]", '[[overrides."POS-regions".writesettings]]'
+        )
+        config.write_text(text, encoding="utf-8")
+        env = {**os.environ, "RELIAB_TOKEN": "chaos-token"}
+        argv = sweeper_argv("run", str(config), "--run-id", "chaos", "-q")
+        for _ in range(3):
+            proc = subprocess.Popen(
+                argv, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                proc.wait(rng.uniform(0.8, 3.0))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+        final = subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, timeout=200
+        )
+        detail = f"{where}\n{final.stdout}\n{final.stderr[-3000:]}"
+        runs = httpx.get(f"{url}/_emulator/flowRuns", timeout=60).json()["data"]
+
+    assert final.returncode == 0, detail
+    per_combo = Counter(
+        tuple(
+            sorted((d["key"], d["value"]) for d in r["body"]["runParameters"]["overrides"]["data"])
+        )
+        for r in runs
+    )
+    assert len(per_combo) == 4 * BATCHES, f"{where} {len(per_combo)} combinations run"
+    assert set(per_combo.values()) == {1}, f"{where} a combination ran twice"
+    last = last_rows(ledger_rows(project / "results" / "flowchaos.csv"))
+    assert {r["event"] for r in last.values()} == {"finished"}, where
+    by_run = {r["id"]: r["jobGroupIds"] for r in runs}
+    for row in last.values():
+        groups = [int(g) for g in row["job_group_ids"].split()]
+        assert groups == by_run[int(row["flow_run_id"])], where
