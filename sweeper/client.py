@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import ssl
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from types import TracebackType
@@ -854,3 +854,69 @@ class DataprepClient:
             if len(items) < page_size:
                 return None
         return None
+
+    # --- plans (POST /v4/plans/{id}/run and the plan snapshot run reads) -----------------------
+
+    async def run_plan(
+        self, plan_id: int, body: Mapping[str, Any], *, execution_id: str
+    ) -> FlowSubmission:
+        """POST /v4/plans/{id}/run with ``x-execution-id``; 201 -> the planSnapshotRunId (in
+        ``flow_run_id``: the ledger's run id column), 304 -> none."""
+        if not execution_id:
+            raise ValueError("run_plan needs an execution id (x-execution-id)")
+        path = f"v4/plans/{int(plan_id)}/run"
+        answer = await self._send(
+            "POST", path, body=dict(body), headers={"x-execution-id": execution_id}
+        )
+        request_id = _request_id(answer)
+        if answer.status_code == 304:
+            return FlowSubmission(304, None, (), "", (), request_id)
+        payload = _json(answer)
+        run_id = _int(payload.get("planSnapshotRunId")) if isinstance(payload, dict) else None
+        if run_id is None:
+            _bad_shape(answer, "the body has no planSnapshotRunId")
+        return FlowSubmission(answer.status_code, run_id, (), "", (), request_id)
+
+    async def get_plan_run_status(self, plan_run_id: int) -> str:
+        """GET /v4/planSnapshotRuns/{id} -> its status (an unknown value means running)."""
+        answer = await self._send("GET", f"v4/planSnapshotRuns/{int(plan_run_id)}")
+        payload = _json(answer)
+        status = payload.get("status") if isinstance(payload, dict) else None
+        if not isinstance(status, str):
+            _bad_shape(answer, "the body has no status string")
+        return status
+
+    async def find_plan_run(
+        self,
+        *,
+        plan_id: int,
+        created_after: str,
+        known: Collection[int] = (),
+        max_pages: int = 20,
+        page_size: int = 25,
+    ) -> int | None:
+        """Reconciliation lookup for a plan: the one run of ``plan_id`` created since
+        ``created_after`` that no other combination holds (``known``). A plan run carries no
+        run parameters to match on, so two or more candidates are ambiguous: None, as is none.
+        """
+        found: list[int] = []
+        params: dict[str, str | int] = {"limit": page_size, "sort": "-createdAt"}
+        for page in range(max_pages):
+            params["offset"] = page * page_size
+            answer = await self._send("GET", "v4/planSnapshotRuns", params=params)
+            items = _data_list(_json(answer))
+            if items is None:
+                _bad_shape(answer, "the body has no data list")
+            for item in items:
+                if not isinstance(item, dict):
+                    continue
+                run_id, created = _int(item.get("id")), item.get("createdAt")
+                if run_id is None or not isinstance(created, str):
+                    continue
+                if _older(created, created_after):
+                    return found[0] if len(found) == 1 else None
+                if _ref_id(item.get("plan")) == plan_id and run_id not in known:
+                    found.append(run_id)
+            if len(items) < page_size:
+                break
+        return found[0] if len(found) == 1 else None

@@ -131,13 +131,13 @@ def _open_ledger(config: SweepConfig, path: Path, run_id: str | None) -> Ledger:
     ledger = Ledger.open(
         path, sweep=config.sweep.name, param_names=config.matrix.param_names, run_id=run_id
     )
-    if config.sweep.is_flow and ledger.schema != SCHEMA:
+    if config.sweep.runs and ledger.schema != SCHEMA:
         # Refused before any POST: a flow run sent now could not be recorded in this file.
         ledger.close()
         raise LedgerError(
             f"The ledger {path} was written by an older sweeper ({ledger.schema}), which has no "
-            "flow_run_id / job_group_ids columns, so it cannot record a flow run. Point "
-            "sweep.ledger at a new file for the flow sweep."
+            "flow_run_id / job_group_ids columns, so it cannot record a flow run or a plan "
+            f"run. Point sweep.ledger at a new file for the {config.sweep.target} sweep."
         )
     return ledger
 

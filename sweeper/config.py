@@ -64,6 +64,15 @@ class SweepSettings:
     def is_flow(self) -> bool:
         return self.target == "flow"
 
+    @property
+    def is_plan(self) -> bool:
+        return self.target == "plan"
+
+    @property
+    def runs(self) -> bool:
+        """Whether each combination is a run (of a flow or a plan) rather than one job group."""
+        return self.target in ("flow", "plan")
+
 
 @dataclass(frozen=True)
 class ApiSettings:
@@ -819,13 +828,14 @@ def load_config(path: str | Path) -> SweepConfig:
     sweep = _sweep(r, r.table(doc, "sweep"))
     api = _api(r, r.table(doc, "api"))
     matrix = parse_matrix(r.table(doc, "matrix"), source=file, base_dir=r.base_dir)
-    if sweep.target == "plan":
-        raise r.error(
-            "plan = <plan id> is recognised but not supported yet: sweeper runs recipes "
-            "(dataset = <id>) and flows (flow = <id>).",
-            "sweep.plan",
-        )
     table = r.table(doc, "overrides")
+    if sweep.is_plan and table:
+        # The documented runPlan body carries no overrides: a plan runs with its own settings.
+        raise r.error(
+            "A plan runs with the settings saved in it: POST /v4/plans/{id}/run takes no "
+            "overrides, so remove the [overrides] table from a plan sweep.",
+            f"overrides.{next(iter(table))}",
+        )
     overrides = _flow_overrides(r, table) if sweep.is_flow else _overrides(r, table)
     check_template(overrides, matrix)
     return SweepConfig(

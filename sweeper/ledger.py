@@ -698,6 +698,11 @@ def latest_run_id(rows: Iterable[LedgerRow]) -> str:
     return next(reversed(first_seen), "") if first_seen else ""
 
 
+def found_on_server(row: LedgerRow) -> bool:
+    """Whether a row names what the server created: a job group, or a plan's (flow's) run."""
+    return row.job_group_id is not None or row.flow_run_id is not None
+
+
 def state_of(row: LedgerRow | None) -> State:
     """Where a combination stands, from its last row in the run (None: no row, PENDING)."""
     if row is None:
@@ -719,9 +724,9 @@ def state_of(row: LedgerRow | None) -> State:
         return State.IN_DOUBT
     if event is Event.NOT_SENT:
         return State.NOT_SENT
-    if event is Event.RECONCILED and row.job_group_id is None:
+    if event is Event.RECONCILED and not found_on_server(row):
         return State.NOT_SENT  # looked up and absent on the server: safe to submit
-    if event is Event.DUPLICATE and row.job_group_id is None:
+    if event is Event.DUPLICATE and not found_on_server(row):
         return State.IN_DOUBT  # the server has it (304) but the lookup found no group
     return State.RUNNING  # submitted, duplicate, reconciled (found)
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 from sweeper.config import SweepConfig
 from sweeper.errors import ConfigError, MatrixError
 from sweeper.identity import execution_id
-from sweeper.ledger import Event, LedgerRow, current_state, state_of
+from sweeper.ledger import Event, LedgerRow, current_state, found_on_server, state_of
 from sweeper.matrix import (
     Combination,
     combinations_bound,
@@ -92,6 +92,8 @@ def _decide(
         last.execution_id or execution_id(sweep, run_id, combo_id, last.generation),
     )
     group = f"job group {last.job_group_id}" if last.job_group_id is not None else "no job group id"
+    if last.job_group_id is None and last.flow_run_id is not None:
+        group = f"run {last.flow_run_id}"  # a plan run: its job groups are not recorded
     next_gen = gen + 1
 
     def rerun_as_new(reason: str) -> tuple[Action, str, int, str]:
@@ -109,7 +111,7 @@ def _decide(
         return Action.RESEND, "never reached the server last time: send again", gen, xid
     if event is Event.CANCELED:
         return rerun_as_new(f"canceled by sweeper on interrupt ({group}): run it again")
-    if event in (Event.DUPLICATE, Event.RECONCILED) and last.job_group_id is None:
+    if event in (Event.DUPLICATE, Event.RECONCILED) and not found_on_server(last):
         if event is Event.RECONCILED:
             return Action.RESEND, "not found on the server after a crash: send again", gen, xid
         return Action.RESEND, "server has it (304) but lookup failed: ask again", gen, xid
@@ -187,6 +189,7 @@ class Planner:
                 cfg.overrides,
                 cfg.sweep.ranfrom,
                 flow=cfg.sweep.is_flow,
+                plan=cfg.sweep.is_plan,
                 outputs=cfg.sweep.outputs,
             )
         except MatrixError as exc:

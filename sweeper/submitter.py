@@ -75,6 +75,8 @@ class Submitter:
         # it), and how many attempts it holds (attempts count within a generation, across resumes).
         self.first_attempt: dict[str, float] = {}
         self.attempts: dict[str, int] = {}
+        # Every flow or plan run the ledger holds: a plan's 304 lookup must not take one of them.
+        self.known_runs: set[int] = {r.flow_run_id for r in history if r.flow_run_id is not None}
         for row in history:
             if row.event is Event.INTENT:
                 ts = parse_timestamp(row.ts)
@@ -118,7 +120,11 @@ class Submitter:
             summary.posts += 1
             try:
                 result: Submission | FlowSubmission
-                if self.config.sweep.is_flow:
+                if self.config.sweep.is_plan:
+                    result = await self.client.run_plan(
+                        self.config.sweep.dataset, item.body, execution_id=xid
+                    )
+                elif self.config.sweep.is_flow:
                     result = await self.client.run_flow(
                         self.config.sweep.dataset, item.body, execution_id=xid
                     )
@@ -241,6 +247,8 @@ class Submitter:
     ) -> int | None:
         journal = self.journal
         common = {"attempt": attempt, "http_status": sub.status_code, "request_id": sub.request_id}
+        if isinstance(sub, FlowSubmission) and self.config.sweep.is_plan:
+            return await self._record_plan_submission(item, sub, common)
         if isinstance(sub, FlowSubmission):
             return await self._record_flow_submission(item, sub, common)
         if sub.job_group_id is not None:
@@ -363,6 +371,59 @@ class Submitter:
         journal.emit(
             EventKind(event.value),
             f"{describe(item.combo)}: already exists as flow run {run_id}",
+            item,
+        )
+        return run_id
+
+    async def _record_plan_submission(
+        self, item: PlannedCombination, sub: FlowSubmission, common: dict[str, Any]
+    ) -> int | None:
+        """The rows of a plan run: its planSnapshotRunId, in the run id column (flow_run_id)."""
+        journal = self.journal
+        if sub.flow_run_id is not None:
+            self.known_runs.add(sub.flow_run_id)
+            journal.summary.submitted += 1
+            journal.write(
+                item, Event.SUBMITTED, flow_run_id=sub.flow_run_id, status="Created", **common
+            )
+            journal.emit(
+                EventKind.SUBMITTED,
+                f"submitted {describe(item.combo)}: plan run {sub.flow_run_id}",
+                item,
+            )
+            return sub.flow_run_id
+        # 304: the server already has a plan run for this execution id. Its body carries no run
+        # parameters, so the lookup can only take the one unclaimed run since the first attempt.
+        journal.summary.duplicates += 1
+        event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
+        run_id: int | None = None
+        try:
+            run_id = await self.client.find_plan_run(
+                plan_id=self.config.sweep.dataset,
+                created_after=self._lookup_since(item),
+                known=self.known_runs,
+            )
+        except ApiError as exc:
+            log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
+        if run_id is None:
+            journal.write(
+                item,
+                event,
+                error="the server already has this execution id (304), but no single plan run "
+                "since the first attempt is unaccounted for; check the plan's run history",
+                **common,
+            )
+            journal.emit(
+                EventKind.IN_DOUBT,
+                f"{describe(item.combo)}: exists on the server (304), plan run id unknown",
+                item,
+            )
+            return None
+        self.known_runs.add(run_id)
+        journal.write(item, event, flow_run_id=run_id, **common)
+        journal.emit(
+            EventKind(event.value),
+            f"{describe(item.combo)}: already exists as plan run {run_id}",
             item,
         )
         return run_id

@@ -188,6 +188,7 @@ class RequestTemplate:
     A recipe's body is ``POST /v4/jobGroups``'s; a flow's (``flow=True``) is
     ``POST /v4/flows/{id}/run``'s: ``runParameters``, ``wrangledDatasetIds`` (``outputs``),
     ``overrides`` keyed by recipe name, and the top-level ``execution`` / ``ignoreRecipeErrors``.
+    A plan's (``plan=True``) is ``POST /v4/plans/{id}/run``'s: empty.
     """
 
     dataset: int
@@ -195,6 +196,7 @@ class RequestTemplate:
     ranfrom: str | None = None  # sweep.ranfrom: None = not sent, "null" = sent as JSON null
     flow: bool = False
     outputs: tuple[int, ...] = ()
+    plan: bool = False  # a plan's body is empty: the documented runPlan body has no parameters
 
     def _render_flow(
         self, combo: Combination, run_id: str
@@ -219,6 +221,8 @@ class RequestTemplate:
 
     def render(self, combo: Combination, run_id: str) -> tuple[dict[str, Any], tuple[str, ...]]:
         """The exact body for one combination (plain dicts and lists) and its output paths."""
+        if self.plan:
+            return {}, ()
         if self.flow:
             return self._render_flow(combo, run_id)
         body: dict[str, Any] = {"wrangledDataset": {"id": self.dataset}}

@@ -115,7 +115,8 @@ class Waiter:
         rate = self.config.run.max_polls_per_second
         self.poller = StatusPoller(client, Pacer(1, 1.0 / rate, sleep=stop.sleep, margin=0.0))
         self.open: dict[str, tuple[PlannedCombination, int]] = {}  # combo_id -> (item, group)
-        self.flows = self.config.sweep.is_flow  # ids watched are flow runs
+        self.flows = self.config.sweep.runs  # ids watched are flow runs or plan snapshot runs
+        self.plans = self.config.sweep.is_plan
         self._tasks: set[asyncio.Task[None]] = set()
 
     def watch(self, item: PlannedCombination, job_group_id: int) -> None:
@@ -148,6 +149,10 @@ class Waiter:
                 # Aligned to a shared grid, so groups come due together and share one listing.
                 await self.stop.sleep(min(aligned_delay(delay, time.time()), remaining))
                 try:
+                    if self.plans:
+                        if await self._plan_ended(item, job_group_id):
+                            return
+                        continue
                     if self.flows:
                         if await self._flow_ended(item, job_group_id):
                             return
@@ -199,6 +204,26 @@ class Waiter:
         await self.finish_flow(item, flow_run_id, groups)
         return True
 
+    async def _plan_ended(self, item: PlannedCombination, plan_run_id: int) -> bool:
+        """Poll a plan snapshot run once; when it ended, record how."""
+        status = await self.client.get_plan_run_status(plan_run_id)
+        # Any value but a terminal one (Created, InProgress, one not published) means running.
+        if status not in TERMINAL_STATUSES:
+            return False
+        self.open.pop(item.combo.combo_id, None)
+        error = "" if status == "Complete" else f"plan run {plan_run_id} ended {status}"
+        row = self.journal.write(
+            item, Event.FINISHED, flow_run_id=plan_run_id, status=status, error=error
+        )
+        self.journal.emit(
+            EventKind.FINISHED,
+            f"finished {describe(item.combo)}: plan run {plan_run_id} {status}",
+            item,
+            state=state_of(row),
+            duration_s=row.duration_s,
+        )
+        return True
+
     async def finish_flow(
         self, item: PlannedCombination, flow_run_id: int, groups: Sequence[JobGroupState]
     ) -> None:
@@ -234,6 +259,15 @@ class Waiter:
     async def cancel_open(self) -> None:
         """Cancel every group still open and record it (or how it ended, if it beat the cancel)."""
         for item, job_group_id in list(self.open.values()):
+            if self.plans:
+                # No documented cancel for a plan run: it goes on, and a resume waits on it.
+                self.journal.emit(
+                    EventKind.CANCELED,
+                    f"{describe(item.combo)}: plan run {job_group_id} left running (a plan run "
+                    "cannot be canceled through the API); a resume waits on it",
+                    item,
+                )
+                continue
             if self.flows:
                 await self._cancel_flow(item, job_group_id)
                 continue

@@ -37,6 +37,9 @@ def test_openapi_document_lists_the_v4_surface() -> None:
         "/v4/flowRuns/{id}",
         "/v4/flowRuns/{id}/status",
         "/v4/flowRuns/{id}/jobGroups",
+        "/v4/plans/{id}/run",
+        "/v4/planSnapshotRuns",
+        "/v4/planSnapshotRuns/{id}",
     } <= set(paths)
     assert schema.raw_schema["openapi"].startswith("3.")
 

@@ -33,7 +33,7 @@ def test_example_plans(project: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["regions.toml", "rows.toml", "glob.toml", "backfill.toml", "flow.toml"]
+    "name", ["regions.toml", "rows.toml", "glob.toml", "backfill.toml", "flow.toml", "plan.toml"]
 )
 def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None:
     # The backfill has 31 days: a canary of 5 keeps the test under the 25/min pacing window.
@@ -49,6 +49,8 @@ def test_example_runs_on_the_embedded_emulator(project: Path, name: str) -> None
     assert len(finished) == len({r["combo_id"] for r in rows})
     if name == "flow.toml":  # every flow run and all its job groups (2 recipes) are recorded
         assert all(r["flow_run_id"] and len(r["job_group_ids"].split()) == 2 for r in finished)
+    if name == "plan.toml":  # one plan snapshot run per combination, in the run id column
+        assert len({r["flow_run_id"] for r in finished}) == len(finished)
 
 
 def test_public_api_names_resolve() -> None:

@@ -45,7 +45,6 @@ def _config(tmp_path: Path, sweep: str, rest: str = "") -> Path:
         ("dataset = 33\nflow = 12", "dataset and flow"),
         ("flow = 12\nplan = 5", "flow and plan"),
         ("", "none of them"),
-        ("plan = 5", "not supported yet"),
         ("dataset = 33\noutputs = [33]", "needs flow"),
         ("flow = 12\noutputs = []", "list of recipe ids"),
     ],

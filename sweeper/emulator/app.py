@@ -16,7 +16,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sweeper.emulator.catalog import Dataset, Flow, UnsafeSourceError, load_catalog, load_flows
+from sweeper.emulator.catalog import (
+    Dataset,
+    Flow,
+    Plan,
+    UnsafeSourceError,
+    load_catalog,
+    load_flows,
+    load_plans,
+)
 from sweeper.emulator.engine import Engine
 from sweeper.emulator.faults import FaultInjector
 from sweeper.emulator.flows import (
@@ -41,6 +49,7 @@ from sweeper.emulator.http import (
 from sweeper.emulator.oauth import OAuthIssuer, oauth_routes
 from sweeper.emulator.openapi import openapi_route
 from sweeper.emulator.oracle import oracle_routes
+from sweeper.emulator.plans import get_plan_run, list_plan_runs, run_plan
 from sweeper.emulator.quota import Quota, too_many_details
 from sweeper.emulator.settings import EmulatorSettings
 from sweeper.emulator.store import Store
@@ -80,6 +89,10 @@ class Emulator:
         self.flows: dict[int, Flow] = load_flows(settings.catalog_path, self.catalog)
         self.flow_quota = Quota(
             settings.flow_quota_user_per_min, settings.flow_quota_workspace_per_min, "runFlow"
+        )
+        self.plans: dict[int, Plan] = load_plans(settings.catalog_path, self.flows)
+        self.plan_quota = Quota(
+            settings.plan_quota_user_per_min, settings.plan_quota_workspace_per_min, "runPlan"
         )
 
     async def delay(self, endpoint: str) -> None:
@@ -479,6 +492,9 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         _route("/v4/flowRuns/{id}", {"GET": get_flow_run}),
         _route("/v4/flowRuns/{id}/status", {"GET": get_flow_run_status}),
         _route("/v4/flowRuns/{id}/jobGroups", {"GET": get_flow_run_job_groups}),
+        _route("/v4/plans/{id}/run", {"POST": run_plan}),
+        _route("/v4/planSnapshotRuns", {"GET": list_plan_runs}),
+        _route("/v4/planSnapshotRuns/{id}", {"GET": get_plan_run}),
         openapi_route(),
         *oracle_routes(),
         *oauth_routes(),

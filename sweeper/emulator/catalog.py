@@ -279,3 +279,41 @@ def load_flows(
             int(raw_id), str(table.get("name", f"flow-{raw_id}")), tuple(recipes)
         )
     return flows
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One plan: a name and the flows its tasks run."""
+
+    id: int
+    name: str
+    flows: tuple[int, ...]
+
+
+def load_plans(
+    path: Path | None = None, flows: Mapping[int, Flow] | None = None
+) -> dict[int, Plan]:
+    """The ``[plans.<id>]`` tables of a catalog (none is fine); raises ConfigError."""
+    path = path or DEFAULT_CATALOG
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read the catalog: {exc}.", path=str(path)) from exc
+    tables = data.get("plans", {})
+    if not isinstance(tables, dict):
+        raise _bad(path, "plans", "plans must be tables, e.g. [plans.5].")
+    flows = flows if flows is not None else load_flows(path)
+    plans: dict[int, Plan] = {}
+    for raw_id, table in tables.items():
+        key = f"plans.{raw_id}"
+        if not str(raw_id).isdigit() or not isinstance(table, dict):
+            raise _bad(path, key, "plan keys must be integer plan ids, e.g. [plans.5].")
+        ids = table.get("flows")
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(f, int) and f in flows for f in ids)
+        ):
+            raise _bad(path, f"{key}.flows", "list the plan's flows by flow id, e.g. [12, 13].")
+        plans[int(raw_id)] = Plan(int(raw_id), str(table.get("name", f"plan-{raw_id}")), tuple(ids))
+    return plans

@@ -277,6 +277,79 @@ def _flow_paths() -> dict[str, Any]:
     }
 
 
+PLAN_RUN = {
+    "type": "object",
+    "required": ["id", "plan", "status"],
+    "properties": {
+        "id": {"type": "integer"},
+        "plan": REF,
+        "status": STATUS,
+        "createdAt": {"type": "string"},
+        "updatedAt": {"type": "string"},
+        "finishedAt": {"type": ["string", "null"]},
+    },
+}
+
+
+def _plan_paths() -> dict[str, Any]:
+    """runPlan and the plan-snapshot-run reads."""
+    return {
+        "/v4/plans/{id}/run": {
+            "post": {
+                "operationId": "runPlan",
+                "parameters": [
+                    ID_PARAM,
+                    {"name": "x-execution-id", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "201": _ok(
+                        "A plan snapshot run started",
+                        {
+                            "type": "object",
+                            "required": ["planSnapshotRunId"],
+                            "properties": {"planSnapshotRunId": {"type": "integer"}},
+                        },
+                    ),
+                    "304": {"description": "A plan run with this x-execution-id exists"},
+                    **ERRORS,
+                    "429": _error("runPlan quota reached"),
+                },
+            }
+        },
+        "/v4/planSnapshotRuns": {
+            "get": {
+                "operationId": "listPlanSnapshotRuns",
+                "parameters": PAGING[:2],
+                "responses": {
+                    "200": _ok(
+                        "Plan snapshot runs, newest first",
+                        {
+                            "type": "object",
+                            "required": ["data"],
+                            "properties": {
+                                "data": {"type": "array", "items": PLAN_RUN},
+                                "count": {"type": "integer"},
+                            },
+                        },
+                    ),
+                    **ERRORS,
+                },
+            }
+        },
+        "/v4/planSnapshotRuns/{id}": {
+            "get": {
+                "operationId": "getPlanSnapshotRun",
+                "parameters": [ID_PARAM],
+                "responses": {"200": _ok("A plan snapshot run", PLAN_RUN), **ERRORS},
+            }
+        },
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """The document; response codes list everything the emulator can answer without faults."""
     return {
@@ -474,6 +547,7 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **_flow_paths(),
+            **_plan_paths(),
         },
     }
 

@@ -65,6 +65,27 @@ async def oracle_flow_runs(request: Request) -> Response:
     return JSONResponse({"data": data, "count": len(data)})
 
 
+async def oracle_plan_runs(request: Request) -> Response:
+    """Every plan snapshot run ever created (since the last reset), oldest first."""
+    emulator = _emulator(request)
+    data = []
+    for row in emulator.store.query("SELECT * FROM plan_runs ORDER BY id"):
+        groups = emulator.store.query(
+            "SELECT group_id FROM plan_run_groups WHERE plan_run_id = ? ORDER BY seq", (row["id"],)
+        )
+        data.append(
+            {
+                "id": int(row["id"]),
+                "planId": int(row["plan_id"]),
+                "executionId": row["execution_id"],
+                "body": json.loads(row["body"]),
+                "createdAt": row["created_at"],
+                "jobGroupIds": [int(g[0]) for g in groups],
+            }
+        )
+    return JSONResponse({"data": data, "count": len(data)})
+
+
 async def oracle_stats(request: Request) -> Response:
     """Counters tests and benchmarks rely on; the names are stable (docs/emulator.md)."""
     store = _emulator(request).store
@@ -91,6 +112,9 @@ async def oracle_stats(request: Request) -> Response:
             "flow_posts_received": counters.get("flow_posts_received", 0),
             "flow_runs_created": int(store.query("SELECT count(*) FROM flow_runs")[0][0]),
             "served_429_run_flow": counters.get("served_429:runFlow", 0),
+            "plan_posts_received": counters.get("plan_posts_received", 0),
+            "plan_runs_created": int(store.query("SELECT count(*) FROM plan_runs")[0][0]),
+            "served_429_run_plan": counters.get("served_429:runPlan", 0),
             "faults_served": {
                 name.split(":", 1)[1]: value
                 for name, value in sorted(counters.items())
@@ -110,6 +134,7 @@ def oracle_routes() -> list[BaseRoute]:
     return [
         Route("/_emulator/jobGroups", oracle_job_groups, methods=["GET"]),
         Route("/_emulator/flowRuns", oracle_flow_runs, methods=["GET"]),
+        Route("/_emulator/planRuns", oracle_plan_runs, methods=["GET"]),
         Route("/_emulator/stats", oracle_stats, methods=["GET"]),
         Route("/_emulator/reset", oracle_reset, methods=["POST"]),
     ]

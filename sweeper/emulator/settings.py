@@ -47,6 +47,8 @@ class EmulatorSettings:
     quota_workspace_per_min: int = 60
     flow_quota_user_per_min: int = 20  # runFlow: its own bucket, separate from runJobGroup's
     flow_quota_workspace_per_min: int = 40
+    plan_quota_user_per_min: int = 30  # runPlan: a third bucket
+    plan_quota_workspace_per_min: int = 60
     token: str | None = field(default=None, repr=False)
     output_root: Path = field(default_factory=Path.cwd)
     # files and folders under output_root that outputs must never touch (a ledger, its lock)

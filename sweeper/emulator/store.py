@@ -68,6 +68,20 @@ CREATE TABLE IF NOT EXISTS flow_run_groups (
     PRIMARY KEY (flow_run_id, seq)
 );
 CREATE INDEX IF NOT EXISTS flow_run_groups_group ON flow_run_groups (group_id);
+CREATE TABLE IF NOT EXISTS plan_runs (
+    id INTEGER PRIMARY KEY,            -- the planSnapshotRunId
+    plan_id INTEGER NOT NULL,
+    execution_id TEXT UNIQUE,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    user_key TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plan_run_groups (
+    plan_run_id INTEGER NOT NULL REFERENCES plan_runs (id),
+    group_id INTEGER NOT NULL REFERENCES job_groups (id),
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (plan_run_id, seq)
+);
 """
 
 
@@ -161,6 +175,8 @@ class Store:
                 "endpoint_quota_events",
                 "flow_run_groups",
                 "flow_runs",
+                "plan_run_groups",
+                "plan_runs",
             ):
                 conn.execute(f"DELETE FROM {table}")
 

@@ -1,0 +1,139 @@
+"""The v4 plan routes: POST /v4/plans/{id}/run and GET /v4/planSnapshotRuns[/{id}].
+
+A plan's tasks run flows. The emulator's model is the simplest faithful one: a plan snapshot run
+starts every recipe output of every flow of the plan at once (one job group each, built as that
+flow's run with an empty body would build it) and ends when they all end; its status is derived
+like a flow run's. The runPlan quota is its own bucket (30 per user, 60 per workspace per
+minute), apart from runJobGroup's and runFlow's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sweeper.emulator.engine import TERMINAL, iso
+from sweeper.emulator.flows import _emulator, _id, _recipe_bodies, flow_run_status
+from sweeper.emulator.http import ApiProblem, not_found, parse_int, read_body, user_key
+from sweeper.emulator.quota import too_many_details
+from sweeper.emulator.store import Store, dumps
+from sweeper.emulator.validation import parse_body
+
+if TYPE_CHECKING:
+    from sweeper.emulator.app import Emulator
+
+
+def _take_plan_quota(emulator: Emulator, who: str) -> dict[str, str]:
+    """Count this POST against the runPlan quota; its x-rate-limit-* headers, or raise 429."""
+    with emulator.store.transaction() as conn:
+        answer = emulator.plan_quota.take(conn, who, emulator.engine.now())
+        if not answer.allowed:
+            Store.bump(conn, "served_429")
+            Store.bump(conn, "served_429:runPlan")
+    if not answer.allowed:
+        details = too_many_details(answer.retry_after, answer.limit, answer.scope, "runPlan")
+        raise ApiProblem(
+            429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
+        )
+    return answer.headers
+
+
+async def run_plan(request: Request) -> Response:
+    """runPlan: auth, quota, 304 or a plan snapshot run with one job group per recipe output."""
+    emulator = _emulator(request)
+    store, engine = emulator.store, emulator.engine
+    store.count("plan_posts_received")
+    who = user_key(request, emulator.settings.token)
+    raw = await read_body(request, emulator.settings.max_body_bytes)
+    await emulator.delay("post")
+    quota_headers = _take_plan_quota(emulator, who)
+    plan_id = _id(request)
+    body = parse_body(raw) if raw.strip() else {}  # the body is optional
+    plan = emulator.plans.get(plan_id)
+    if plan is None:
+        raise not_found(f"Plan with id {plan_id} does not exist.")
+    # Each flow task runs as that flow's run with no body: the plan's own settings.
+    planned = [p for flow_id in plan.flows for p in _recipe_bodies(emulator, flow_id, {})]
+    execution_id = request.headers.get("x-execution-id") or None
+    with store.transaction() as conn:  # lookup and inserts in one IMMEDIATE transaction
+        if execution_id is not None:
+            seen = conn.execute(
+                "SELECT id FROM plan_runs WHERE execution_id = ?", (execution_id,)
+            ).fetchone()
+            if seen is not None:
+                store.bump(conn, "served_304")
+                return Response(status_code=304, headers=quota_headers)
+        now = engine.now()
+        run_id = Store.next_id(conn)
+        conn.execute(
+            "INSERT INTO plan_runs (id, plan_id, execution_id, body, created_at, user_key) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, plan_id, execution_id, dumps(body), now, who),
+        )
+        for seq, (dataset, group_body, given) in enumerate(planned):
+            result = engine.create(
+                conn,
+                dataset=dataset,
+                body=group_body,
+                given=given,
+                execution_id=None,  # the plan run holds the execution id
+                user_key=who,
+                now=now,
+            )
+            conn.execute(
+                "INSERT INTO plan_run_groups (plan_run_id, group_id, seq) VALUES (?, ?, ?)",
+                (run_id, result["id"], seq),
+            )
+            store.bump(conn, "created")
+        store.bump(conn, "plan_runs_created")
+    return JSONResponse({"planSnapshotRunId": run_id}, status_code=201, headers=quota_headers)
+
+
+def _plan_run_json(emulator: Emulator, row: Any) -> dict[str, Any]:
+    """A plan snapshot run as the API shows it: id, plan, status and timestamps."""
+    groups = []
+    for g in emulator.store.query(
+        "SELECT group_id FROM plan_run_groups WHERE plan_run_id = ? ORDER BY seq", (row["id"],)
+    ):
+        group_id = int(g[0])
+        emulator.engine.advance(group_id)
+        groups.append((emulator.store.group(group_id), emulator.store.jobs(group_id)))
+    status = flow_run_status(emulator, groups)
+    created = float(row["created_at"])
+    finished = [float(j["finished_at"]) for _, js in groups for j in js if j["finished_at"]]
+    return {
+        "id": int(row["id"]),
+        "plan": {"id": int(row["plan_id"])},
+        "status": status,
+        "createdAt": iso(created),
+        "updatedAt": iso(max([created, *finished])),
+        "finishedAt": iso(max(finished)) if status in TERMINAL and finished else None,
+    }
+
+
+async def get_plan_run(request: Request) -> Response:
+    emulator = _emulator(request)
+    await emulator.delay("status")
+    user_key(request, emulator.settings.token)
+    run_id = _id(request)
+    rows = emulator.store.query("SELECT * FROM plan_runs WHERE id = ?", (run_id,))
+    if not rows:
+        raise not_found(f"PlanSnapshotRun with id {run_id} does not exist.")
+    return JSONResponse(_plan_run_json(emulator, rows[0]))
+
+
+async def list_plan_runs(request: Request) -> Response:
+    """Plan snapshot runs, newest first (``limit``, ``offset``)."""
+    emulator = _emulator(request)
+    await emulator.delay("list")
+    user_key(request, emulator.settings.token)
+    limit = parse_int(request, "limit", 25, minimum=1, maximum=10_000)
+    offset = parse_int(request, "offset", 0)
+    rows = emulator.store.query(
+        "SELECT * FROM plan_runs ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+        (limit, offset),
+    )
+    data = [_plan_run_json(emulator, r) for r in rows]
+    return JSONResponse({"data": data, "count": len(data)})
