@@ -240,6 +240,7 @@ class SweepShardOperator(_SweepBase):
             ),
             method_name="resume",
         )
+        raise AssertionError("unreachable: defer() hands the task to the triggerer by raising")
 
     def _ledger(self, cfg: SweepConfig) -> Path:
         from sweeper.shards import Shard
