@@ -9,7 +9,8 @@ quota is its own bucket (20 per user, 40 per workspace per minute), apart from r
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -120,8 +121,7 @@ def _recipe_bodies(emulator: Emulator, flow_id: int, body: dict[str, Any]) -> li
 async def run_flow(request: Request) -> Response:
     """runFlow: auth, quota, validation, 304 or one job group per recipe output."""
     emulator = _emulator(request)
-    store, engine = emulator.store, emulator.engine
-    store.count("flow_posts_received")
+    emulator.store.count("flow_posts_received")
     who = user_key(request, emulator.settings.token)
     raw = await read_body(request, emulator.settings.max_body_bytes)
     await emulator.delay("post")
@@ -130,40 +130,61 @@ async def run_flow(request: Request) -> Response:
     body = parse_body(raw) if raw.strip() else {}  # the body is optional
     planned = _recipe_bodies(emulator, flow_id, body)
     execution_id = request.headers.get("x-execution-id") or None
+    started = start_run(emulator, "flow", flow_id, execution_id, body, planned, who)
+    if started is None:
+        return Response(status_code=304, headers=quota_headers)
+    run_id, groups = started
+    data = [{**group, "flowRun": {"id": run_id}} for group in groups]
+    return JSONResponse({"flowRunId": run_id, "data": data}, status_code=201, headers=quota_headers)
+
+
+def start_run(
+    emulator: Emulator,
+    kind: Literal["flow", "plan"],
+    target_id: int,
+    execution_id: str | None,
+    body: Mapping[str, Any],
+    planned: list[Any],
+    who: str,
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """A flow or plan run and one job group per planned recipe body, in one transaction: the
+    run id and the groups, or None when the execution id was used before (answer 304)."""
+    store, engine = emulator.store, emulator.engine
+    runs, groups_table = f"{kind}_runs", f"{kind}_run_groups"  # fixed names, never user input
     with store.transaction() as conn:  # lookup and inserts in one IMMEDIATE transaction
         if execution_id is not None:
             seen = conn.execute(
-                "SELECT id FROM flow_runs WHERE execution_id = ?", (execution_id,)
+                f"SELECT id FROM {runs} WHERE execution_id = ?", (execution_id,)
             ).fetchone()
             if seen is not None:
                 store.bump(conn, "served_304")
-                return Response(status_code=304, headers=quota_headers)
+                return None
         now = engine.now()
         run_id = Store.next_id(conn)
         conn.execute(
-            "INSERT INTO flow_runs (id, flow_id, execution_id, body, created_at, user_key) "
+            f"INSERT INTO {runs} (id, {kind}_id, execution_id, body, created_at, user_key) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, flow_id, execution_id, dumps(body), now, who),
+            (run_id, target_id, execution_id, dumps(body), now, who),
         )
-        data = []
+        created = []
         for seq, (dataset, group_body, given) in enumerate(planned):
             result = engine.create(
                 conn,
                 dataset=dataset,
                 body=group_body,
                 given=given,
-                execution_id=None,  # the flow run holds the execution id
+                execution_id=None,  # the run holds the execution id
                 user_key=who,
                 now=now,
             )
             conn.execute(
-                "INSERT INTO flow_run_groups (flow_run_id, group_id, seq) VALUES (?, ?, ?)",
+                f"INSERT INTO {groups_table} ({kind}_run_id, group_id, seq) VALUES (?, ?, ?)",
                 (run_id, result["id"], seq),
             )
-            data.append({**result, "flowRun": {"id": run_id}})
+            created.append(result)
             store.bump(conn, "created")
-        store.bump(conn, "flow_runs_created")
-    return JSONResponse({"flowRunId": run_id, "data": data}, status_code=201, headers=quota_headers)
+        store.bump(conn, f"{kind}_runs_created")
+    return run_id, created
 
 
 def _flow_run(emulator: Emulator, run_id: int) -> tuple[Any, list[tuple[Any, list[Any]]]]:

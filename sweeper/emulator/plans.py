@@ -15,10 +15,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sweeper.emulator.engine import TERMINAL, iso
-from sweeper.emulator.flows import _emulator, _id, _recipe_bodies, flow_run_status
+from sweeper.emulator.flows import _emulator, _id, _recipe_bodies, flow_run_status, start_run
 from sweeper.emulator.http import ApiProblem, not_found, parse_int, read_body, user_key
 from sweeper.emulator.quota import too_many_details
-from sweeper.emulator.store import Store, dumps
+from sweeper.emulator.store import Store
 from sweeper.emulator.validation import parse_body
 
 if TYPE_CHECKING:
@@ -43,8 +43,7 @@ def _take_plan_quota(emulator: Emulator, who: str) -> dict[str, str]:
 async def run_plan(request: Request) -> Response:
     """runPlan: auth, quota, 304 or a plan snapshot run with one job group per recipe output."""
     emulator = _emulator(request)
-    store, engine = emulator.store, emulator.engine
-    store.count("plan_posts_received")
+    emulator.store.count("plan_posts_received")
     who = user_key(request, emulator.settings.token)
     raw = await read_body(request, emulator.settings.max_body_bytes)
     await emulator.delay("post")
@@ -57,37 +56,10 @@ async def run_plan(request: Request) -> Response:
     # Each flow task runs as that flow's run with no body: the plan's own settings.
     planned = [p for flow_id in plan.flows for p in _recipe_bodies(emulator, flow_id, {})]
     execution_id = request.headers.get("x-execution-id") or None
-    with store.transaction() as conn:  # lookup and inserts in one IMMEDIATE transaction
-        if execution_id is not None:
-            seen = conn.execute(
-                "SELECT id FROM plan_runs WHERE execution_id = ?", (execution_id,)
-            ).fetchone()
-            if seen is not None:
-                store.bump(conn, "served_304")
-                return Response(status_code=304, headers=quota_headers)
-        now = engine.now()
-        run_id = Store.next_id(conn)
-        conn.execute(
-            "INSERT INTO plan_runs (id, plan_id, execution_id, body, created_at, user_key) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (run_id, plan_id, execution_id, dumps(body), now, who),
-        )
-        for seq, (dataset, group_body, given) in enumerate(planned):
-            result = engine.create(
-                conn,
-                dataset=dataset,
-                body=group_body,
-                given=given,
-                execution_id=None,  # the plan run holds the execution id
-                user_key=who,
-                now=now,
-            )
-            conn.execute(
-                "INSERT INTO plan_run_groups (plan_run_id, group_id, seq) VALUES (?, ?, ?)",
-                (run_id, result["id"], seq),
-            )
-            store.bump(conn, "created")
-        store.bump(conn, "plan_runs_created")
+    started = start_run(emulator, "plan", plan_id, execution_id, body, planned, who)
+    if started is None:
+        return Response(status_code=304, headers=quota_headers)
+    run_id, _ = started
     return JSONResponse({"planSnapshotRunId": run_id}, status_code=201, headers=quota_headers)
 
 
