@@ -32,6 +32,7 @@ from sweeper.emulator.flows import (
     get_flow_run_job_groups,
     get_flow_run_status,
     run_flow,
+    take_quota,
 )
 from sweeper.emulator.http import (
     ApiProblem,
@@ -175,20 +176,6 @@ def _injected_429(emulator: Emulator) -> ApiProblem:
     return ApiProblem(429, "TooManyRequestsException", "Too Many Requests", details, headers)
 
 
-def _take_quota(emulator: Emulator, who: str) -> dict[str, str]:
-    """Count this POST against the quota; returns the x-rate-limit-* headers or raises 429."""
-    with emulator.store.transaction() as conn:
-        answer = emulator.quota.take(conn, who, emulator.engine.now())
-        if not answer.allowed:
-            Store.bump(conn, "served_429")
-    if not answer.allowed:
-        details = too_many_details(answer.retry_after, answer.limit, answer.scope)
-        raise ApiProblem(
-            429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
-        )
-    return answer.headers
-
-
 def _injected_5xx(emulator: Emulator, details: str) -> ApiProblem:
     status = emulator.faults.faults.error_status
     return ApiProblem(status, "InternalServerError", "Internal Server Error", details)
@@ -233,7 +220,7 @@ async def create_job_group(request: Request) -> Response:
     await emulator.delay("post")
     if emulator.faults.rate_limited():  # before the quota: an injected 429 is not counted
         raise _injected_429(emulator)
-    quota_headers = _take_quota(emulator, who)
+    quota_headers = take_quota(emulator, emulator.quota, who)
     if emulator.faults.error_before():
         emulator.fault("error_before")
         raise _injected_5xx(emulator, "Injected fault before creating the job group.")

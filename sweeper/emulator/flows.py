@@ -24,7 +24,7 @@ from sweeper.emulator.http import (
     user_key,
     validation_failed,
 )
-from sweeper.emulator.quota import too_many_details
+from sweeper.emulator.quota import Quota, too_many_details
 from sweeper.emulator.store import Store, dumps
 from sweeper.emulator.validation import check_overrides, check_types, parse_body, run_parameters_of
 
@@ -49,15 +49,17 @@ def _id(request: Request) -> int:
     return value
 
 
-def _take_flow_quota(emulator: Emulator, who: str) -> dict[str, str]:
-    """Count this POST against the runFlow quota; its x-rate-limit-* headers, or raise 429."""
+def take_quota(emulator: Emulator, quota: Quota, who: str) -> dict[str, str]:
+    """Count this POST against ``quota`` (one endpoint's bucket): its x-rate-limit-* headers,
+    or a 429 naming the endpoint."""
     with emulator.store.transaction() as conn:
-        answer = emulator.flow_quota.take(conn, who, emulator.engine.now())
+        answer = quota.take(conn, who, emulator.engine.now())
         if not answer.allowed:
             Store.bump(conn, "served_429")
-            Store.bump(conn, "served_429:runFlow")
+            if quota.endpoint != "runJobGroup":  # runJobGroup's are the plain served_429
+                Store.bump(conn, f"served_429:{quota.endpoint}")
     if not answer.allowed:
-        details = too_many_details(answer.retry_after, answer.limit, answer.scope, "runFlow")
+        details = too_many_details(answer.retry_after, answer.limit, answer.scope, quota.endpoint)
         raise ApiProblem(
             429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
         )
@@ -125,7 +127,7 @@ async def run_flow(request: Request) -> Response:
     who = user_key(request, emulator.settings.token)
     raw = await read_body(request, emulator.settings.max_body_bytes)
     await emulator.delay("post")
-    quota_headers = _take_flow_quota(emulator, who)
+    quota_headers = take_quota(emulator, emulator.flow_quota, who)
     flow_id = _id(request)
     body = parse_body(raw) if raw.strip() else {}  # the body is optional
     planned = _recipe_bodies(emulator, flow_id, body)

@@ -15,29 +15,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sweeper.emulator.engine import TERMINAL, iso
-from sweeper.emulator.flows import _emulator, _id, _recipe_bodies, flow_run_status, start_run
-from sweeper.emulator.http import ApiProblem, not_found, parse_int, read_body, user_key
-from sweeper.emulator.quota import too_many_details
-from sweeper.emulator.store import Store
+from sweeper.emulator.flows import (
+    _emulator,
+    _id,
+    _recipe_bodies,
+    flow_run_status,
+    start_run,
+    take_quota,
+)
+from sweeper.emulator.http import not_found, parse_int, read_body, user_key
 from sweeper.emulator.validation import parse_body
 
 if TYPE_CHECKING:
     from sweeper.emulator.app import Emulator
-
-
-def _take_plan_quota(emulator: Emulator, who: str) -> dict[str, str]:
-    """Count this POST against the runPlan quota; its x-rate-limit-* headers, or raise 429."""
-    with emulator.store.transaction() as conn:
-        answer = emulator.plan_quota.take(conn, who, emulator.engine.now())
-        if not answer.allowed:
-            Store.bump(conn, "served_429")
-            Store.bump(conn, "served_429:runPlan")
-    if not answer.allowed:
-        details = too_many_details(answer.retry_after, answer.limit, answer.scope, "runPlan")
-        raise ApiProblem(
-            429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
-        )
-    return answer.headers
 
 
 async def run_plan(request: Request) -> Response:
@@ -47,7 +37,7 @@ async def run_plan(request: Request) -> Response:
     who = user_key(request, emulator.settings.token)
     raw = await read_body(request, emulator.settings.max_body_bytes)
     await emulator.delay("post")
-    quota_headers = _take_plan_quota(emulator, who)
+    quota_headers = take_quota(emulator, emulator.plan_quota, who)
     plan_id = _id(request)
     body = parse_body(raw) if raw.strip() else {}  # the body is optional
     plan = emulator.plans.get(plan_id)
