@@ -9,20 +9,23 @@ is set by a serve wrapper in this file), run on an emulator whose clock runs k t
 (``--time-scale``, default 60: the hour-long job takes a minute) with every poll setting divided
 by k and ``max_polls_per_second`` multiplied by k, as in ``polling.py`` (and the poller's 50 ms
 batching window divided by k: unscaled it would add 3 s of emulated delay per poll at k = 60).
-Three schedules:
+Three schedules, all with sweeper's defaults (``run.poll_interval`` 10 s, ``poll_max_interval``
+10 min):
 
-* ``batched`` : sweeper as it is: ``poll_delays(2 s, 600 s)`` aligned to a grid of a quarter of
-  the delay, polls coming due together answered from ``GET /v4/jobLibrary`` pages;
-* ``per-group``: the same schedule with the job library turned off (``StatusPoller.batching``
-  False): one ``GET /v4/jobGroups/{id}`` per poll, what sweeper does on editions without it;
-* ``proposed`` : a schedule prototyped here (not in sweeper/): every group polls after
-  max(10 s, 5 % of its age), rounded down to a tick of one run-wide 10 s clock, so every poll
-  of the run lands on the same ticks and shares their pages.
+* ``tick``     : sweeper as it is with the job library: every group is read after max(10 s, 5 %
+  of its age), rounded down to a tick of one run-wide 10 s clock, so every read of the run lands
+  on the same ticks and shares their ``GET /v4/jobLibrary`` page;
+* ``backoff``  : the same pages, but each group's reads backing off from 10 s by 1.5 up to
+  10 min on a grid of a quarter of the delay (``PollSchedule`` told it is not batched);
+* ``per-group``: the job library turned off (``StatusPoller.batching`` False): the backoff, one
+  ``GET /v4/jobGroups/{id}`` per read: what sweeper does on editions without a listing, and what
+  a naive client does.
 
 Per schedule: status requests per group ((GETs + listing pages) / groups), listing pages and all
-status requests per 10 s of the run (mean over the run, and the busiest 10 s window), and how
-late each group's end was noticed (the ``finished`` row's time minus the group's ``updatedAt``,
-at full scale), against the target: within max(10 s, 5 % of the job's run time).
+status requests per 10 s of the run (mean over the run, and the busiest 10 s of the clock's
+grid, the ticks sweeper reads on), and how late each group's end was noticed (the ``finished``
+row's time minus the group's ``updatedAt``, at full scale), against the target: within
+max(10 s, 5 % of the job's run time).
 The last three columns are the schedule alone, computed without any server (20 jittered
 schedules and submission seconds per group; "within" counts groups whose worst case meets the
 target): the measured figures add what the host and the emulator take, multiplied by k.
@@ -33,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
-import importlib
+import collections
 import math
 import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,13 @@ import figures
 import httpx
 from harness import TOKEN, TOKEN_ENV, _served, scratch, write_sweep
 
+from sweeper.config import RunSettings
+
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
 SHORTEST, LONGEST = 10.0, 3600.0
-TICK = 10.0  # the target's floor, and the proposed schedule's run-wide tick
-SCHEDULES = ("batched", "per-group", "proposed")
+TICK = 10.0  # the target's floor
+POLL_INTERVAL, POLL_MAX = RunSettings().poll_interval, RunSettings().poll_max_interval
+SCHEDULES = ("tick", "backoff", "per-group")
 
 
 def durations(groups: int) -> list[float]:
@@ -108,53 +112,28 @@ class TimedTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def proposed_delays(k: float) -> Callable[..., Iterator[float]]:
-    """poll_delays for the proposed schedule (time-scaled): max(10 s, 5 % of age), from the
-    first poll on (the first lands on the run's next tick, at most 10 s after submission)."""
-
-    def delays(initial: float, cap: float, **_: Any) -> Iterator[float]:
-        tick = TICK / k
-        age = 0.0
-        while True:
-            delay = max(tick, math.floor(0.05 * age / tick) * tick)
-            age += delay
-            yield delay
-
-    return delays
-
-
-def tick_aligned(k: float) -> Callable[[float, float], float]:
-    """aligned_delay for the proposed schedule: a tick of one run-wide clock, rounded down."""
-
-    def aligned(delay: float, now: float) -> float:
-        tick = TICK / k
-        # The last tick at or before now + delay: never longer than the delay, so an end is
-        # seen within it; every group's polls land on the same instants.
-        return math.floor((now + delay) / tick) * tick - now
-
-    return aligned
-
-
 async def _run(config_path: Path, schedule: str, k: float) -> TimedTransport:
     from sweeper.config import load_config
     from sweeper.connection import connect
     from sweeper.ledger import Ledger
+    from sweeper.pacing import PollSchedule
     from sweeper.polling import StatusPoller
     from sweeper.runner import run_sweep
 
-    waiter: Any = importlib.import_module("sweeper.waiter")  # its imported pacing functions
     original_init = StatusPoller.__init__
-    original = (waiter.poll_delays, waiter.aligned_delay)
+    original_next = PollSchedule.next_delay
 
     def init(self: StatusPoller, *args: Any, **kwargs: Any) -> None:
         original_init(self, *args, **kwargs)
         self.window /= k  # the 50 ms batching window, time-scaled like every other setting
         self.batching = schedule != "per-group"
 
+    def backoff(self: PollSchedule, *, batched: bool) -> float:
+        return original_next(self, batched=False)  # pages, but each group backing off
+
     StatusPoller.__init__ = init  # type: ignore[method-assign]
-    if schedule == "proposed":
-        waiter.poll_delays = proposed_delays(k)
-        waiter.aligned_delay = tick_aligned(k)
+    if schedule == "backoff":
+        PollSchedule.next_delay = backoff  # type: ignore[method-assign]
     config = load_config(config_path)
     timed = TimedTransport(httpx.AsyncHTTPTransport())
     client = connect(config, environ={TOKEN_ENV: TOKEN}, transport=timed)
@@ -173,17 +152,27 @@ async def _run(config_path: Path, schedule: str, k: float) -> TimedTransport:
                 )
     finally:
         StatusPoller.__init__ = original_init  # type: ignore[method-assign]
-        waiter.poll_delays, waiter.aligned_delay = original
+        PollSchedule.next_delay = original_next  # type: ignore[method-assign]
     if summary.exit_code != 0:
         print(f"warning: {schedule}: the sweep ended with exit code {summary.exit_code}")
     return timed
+
+
+class HandClock:
+    """A clock the arithmetic moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def computed(schedule: str, groups: int, seeds: int = 20) -> tuple[float, float, int]:
     """The schedule alone, in arithmetic (no server, no host delays): how late each group's end
     is first seen, over ``seeds`` jittered schedules and submission phases per group.
     Returns (median, max, groups whose worst case is within the target)."""
-    from sweeper.pacing import aligned_delay, poll_delays
+    from sweeper.pacing import PollSchedule
 
     late: list[float] = []
     met = 0
@@ -192,16 +181,11 @@ def computed(schedule: str, groups: int, seeds: int = 20) -> tuple[float, float,
         for seed in range(seeds):
             rng = random.Random(seed)
             start = 1_800_000_000.0 + rng.uniform(0, 60)  # any second of the minute
-            if schedule == "proposed":
-                delays, align = proposed_delays(1.0)(2.0, 600.0), tick_aligned(1.0)
-            else:
-                delays, align = poll_delays(2.0, 600.0, rng=rng), aligned_delay
-            t = start
-            for delay in delays:
-                t += align(delay, t)
-                if t - start >= length:
-                    break
-            late.append(t - start - length)
+            clock = HandClock(start)
+            poll = PollSchedule(POLL_INTERVAL, POLL_MAX, started=start, clock=clock, rng=rng)
+            while clock.now - start < length:
+                clock.now += poll.next_delay(batched=schedule == "tick")
+            late.append(clock.now - start - length)
             worst = max(worst, late[-1])
         met += worst <= allowance(length)
     return statistics.median(late), max(late), met
@@ -217,9 +201,8 @@ def _epoch(text: str) -> float:
 
 
 def busiest(times: list[float], window: float) -> int:
-    """The most events in any window of ``window`` seconds."""
-    times = sorted(times)
-    return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
+    """The most events in one window of the clock's ``window``-second grid (the run's ticks)."""
+    return max(collections.Counter(math.floor(t / window) for t in times).values(), default=0)
 
 
 def measure(schedule: str, groups: int, k: float) -> dict[str, Any]:
@@ -255,8 +238,8 @@ def measure(schedule: str, groups: int, k: float) -> dict[str, Any]:
                 concurrency=8,
                 wait=True,
                 extra_run={
-                    "poll_interval": 2.0 / k,
-                    "poll_max_interval": 600.0 / k,
+                    "poll_interval": POLL_INTERVAL / k,
+                    "poll_max_interval": POLL_MAX / k,
                     "max_polls_per_second": 5.0 * k,
                     "timeout": 3 * LONGEST / k + 60,
                     "settle": 0,

@@ -365,7 +365,7 @@ class SweepShardTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from sweeper.connection import connect
         from sweeper.errors import ApiError, AuthError
-        from sweeper.pacing import Pacer, poll_delays
+        from sweeper.pacing import Pacer, PollSchedule
         from sweeper.polling import StatusPoller
         from sweeper.redact import redact
 
@@ -385,12 +385,14 @@ class SweepShardTrigger(BaseTrigger):
             Pacer(1, 1.0 / run.max_polls_per_second, sleep=asyncio.sleep, margin=0.0),
             since=since,  # the groups were created after the run began: pages stop there
         )
+        schedule = PollSchedule(run.poll_interval, run.poll_max_interval, started=time.monotonic())
         async with client:
-            for delay in poll_delays(run.poll_interval, run.poll_max_interval):
+            while True:
                 remaining = self.deadline - time.time()
                 if remaining <= 0:
                     yield _event(self.run_id, "timeout", f"{len(waiting)} still running")
                     return
+                delay = schedule.next_delay(batched=poller.batching)
                 await asyncio.sleep(min(delay, remaining))
                 ids = sorted(waiting)
                 answers = await asyncio.gather(

@@ -2,8 +2,9 @@
 
 - ``Pacer`` spaces requests evenly under a rate (pyrate-limiter's bucket decides, our sleep waits),
   so a sweep started just after another under the same user meets no wall of 429s;
-- ``poll_delays`` is the status-poll backoff schedule, and ``aligned_delay`` puts polls on a grid
-  shared by every waiting job group, so many groups come due together and share one listing.
+- ``PollSchedule`` says when a job group is read next: on one run-wide tick where status is read
+  in pages (every group due at a tick shares one job-library page), on a backoff schedule where
+  each group costs a GET of its own (``poll_delays``, aligned to a grid by ``aligned_delay``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ QUOTA_MARGIN_MAX_S = 0.25
 # POSTs that may go together: a run's first combinations do not wait for their slot one by one,
 # and the platform never sees more than a handful at once (three every 3 x window / count).
 SUBMIT_BURST = 3
+# Where status is read in pages, a group is read again after this share of its age (never sooner
+# than the tick): its end is then noticed within 5 % of its run time, or within one tick.
+POLL_AGE_FRACTION = 0.05
 
 
 class SharedBucket(Protocol):
@@ -164,3 +168,47 @@ def aligned_delay(delay: float, now: float) -> float:
         return 0.0
     grid = delay / 4
     return math.ceil((now + delay) / grid) * grid - now
+
+
+class PollSchedule:
+    """When one job group (or one round of groups) is read next.
+
+    ``batched`` (status read in job-library pages): every read lands on one clock that ticks
+    every ``interval`` seconds (multiples of ``interval`` on ``clock``, the event loop's clock by
+    default), so all groups due at a tick share that tick's page, and the run reads at most one
+    round of pages per tick. A group is read again after
+    max(``interval``, 5 % of its age), at most ``cap``, rounded down to a tick: an end is noticed
+    within max(``interval``, 5 % of the run time). Not batched (one GET per group): the delays
+    back off from ``interval`` by 1.5 up to ``cap`` (``poll_delays``), aligned to a grid.
+    ``started`` is when the group was submitted, on ``clock``.
+    """
+
+    def __init__(
+        self,
+        interval: float,
+        cap: float,
+        *,
+        started: float,
+        clock: Clock = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.interval = interval
+        self.cap = max(cap, interval)
+        self.started = started
+        self.clock = clock
+        self._backoff = poll_delays(interval, self.cap, rng=rng)
+        self._last_tick: int | None = None
+
+    def next_delay(self, *, batched: bool) -> float:
+        """Seconds from now until the next read."""
+        now = self.clock()
+        if not batched:
+            self._last_tick = None
+            return aligned_delay(next(self._backoff), now)
+        want = max(self.interval, min(self.cap, POLL_AGE_FRACTION * (now - self.started)))
+        tick = math.floor((now + want) / self.interval)
+        if self._last_tick is not None:
+            # Never the tick just read again (a sleep may end a hair before its tick).
+            tick = max(tick, self._last_tick + 1)
+        self._last_tick = tick
+        return max(0.0, tick * self.interval - now)

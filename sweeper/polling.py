@@ -1,16 +1,13 @@
-"""Status polls for many job groups: aligned in time and batched into job-library pages.
+"""Status reads for many job groups, answered together from job-library pages.
 
-Each waiting job group polls on its own backoff schedule (``pacing.poll_delays``). Two things keep
-the platform's load low when hundreds of groups wait at once:
-
-- ``pacing.aligned_delay`` rounds each poll time up to a shared grid (a quarter of the delay), so
-  groups submitted a few seconds apart come due together;
-- ``StatusPoller`` answers asks that come due together from pages of ``GET /v4/jobLibrary``
-  (newest first, narrowed by ``dateFilter[createdAt][gte]`` to the run's window), or of the
-  deprecated ``GET /v4/jobGroups`` listing where the job library answers 404 (older on-prem
-  releases; one page then, since the listing cannot be narrowed). A group the pages do not hold
-  gets one ``GET /v4/jobGroups/{id}``. Editions without either (Legacy/Standard Dataprep answer
-  403/404) turn batching off for the rest of the run.
+When many groups wait at once, their reads land on one run-wide tick (``pacing.PollSchedule``)
+and ``StatusPoller`` answers the reads that arrive together from pages of ``GET /v4/jobLibrary``
+(newest first, narrowed by ``dateFilter[createdAt][gte]`` to the run's window), or of the
+deprecated ``GET /v4/jobGroups`` listing where the job library answers 404 (older on-prem
+releases; one page then, since the listing cannot be narrowed). A page holds up to 100 groups,
+so a run with 100 groups open reads one page a tick. A group the pages do not hold gets one
+``GET /v4/jobGroups/{id}``. Editions without either (Legacy/Standard Dataprep answer 403/404)
+turn batching off for the rest of the run, and the groups' schedules back off instead.
 """
 
 from __future__ import annotations
@@ -123,7 +120,8 @@ class StatusPoller:
     ) -> dict[int, JobGroupState]:
         since = self._window(waiting)
         found: dict[int, JobGroupState] = {}
-        limit = min(MAX_PAGE, max(25, 2 * len(waiting)))
+        # Whole pages: the groups still open may be the run's oldest, behind many that ended.
+        limit = MAX_PAGE
         # Enough pages for every waiting group plus one for groups others created meanwhile.
         pages = min(MAX_PAGES, math.ceil(len(waiting) / limit) + 1)
         try:

@@ -22,7 +22,7 @@ from sweeper.ledger import (
     state_of,
     utc_timestamp,
 )
-from sweeper.pacing import Pacer, poll_delays
+from sweeper.pacing import Pacer, PollSchedule
 from sweeper.planner import Planner, latest_as_of
 from sweeper.polling import CLOCK_SKEW, StatusPoller
 from sweeper.shards import LedgerSet
@@ -126,7 +126,7 @@ async def refresh(
 ) -> StatusResult:
     """Ask the API about every open job group of the run and append `finished` rows.
 
-    With ``watch``, keep asking (with the run's poll backoff) until every group has ended, or
+    With ``watch``, keep asking (on the run's poll schedule) until every group has ended, or
     until ``run.timeout`` has passed (``timed_out`` is then set on the result). Given a
     ``LedgerSet`` (a sharded sweep), each ``finished`` row goes to the ledger its combination's
     last row came from; groups of a shard still running are left to that shard, and said so.
@@ -139,8 +139,10 @@ async def refresh(
         result.held_by = list(shared.busy)
     gate = Pacer(1, 1.0 / config.run.max_polls_per_second, sleep=sleep, margin=0.0)
     poller = StatusPoller(client, gate, since=run_start(history, rid))
-    delays = poll_delays(config.run.poll_interval, config.run.poll_max_interval)
     started = clock()
+    schedule = PollSchedule(
+        config.run.poll_interval, config.run.poll_max_interval, started=started, clock=clock
+    )
     expected: dict[str, tuple[str, ...]] | None = None
     while True:
         state = current_state(ledger.history(), run_id=rid)
@@ -187,4 +189,4 @@ async def refresh(
         if clock() - started >= config.run.timeout:
             result.timed_out = True
             return result
-        await sleep(next(delays))
+        await sleep(schedule.next_delay(batched=poller.batching))

@@ -1,10 +1,11 @@
 """The waiter: polls each submitted job group until it ends, and records how it ended.
 
-Each group polls on a backoff schedule aligned to a shared grid, through one ``StatusPoller``
-that batches polls coming due together into one listing. A group that ends gets a ``finished``
-row (with the output check, when ``run.verify_outputs`` asks for it); one still running at
-``run.timeout`` gets ``timed_out``; on a cancel request every group still open is canceled and
-gets ``canceled``.
+Each group is read on a ``PollSchedule`` through one ``StatusPoller``: where status comes in
+job-library pages, every group's reads land on one run-wide tick and share its page; where each
+read is a GET of its own (no job library, or a flow or plan run), reads back off. A group that
+ends gets a ``finished`` row (with the output check, when ``run.verify_outputs`` asks for it);
+one still running at ``run.timeout`` gets ``timed_out``; on a cancel request every group still
+open is canceled and gets ``canceled``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from sweeper.errors import ApiError, AuthError
 from sweeper.journal import EventKind, Journal
 from sweeper.ledger import Event, parse_timestamp, state_of
 from sweeper.outputs import verify_outputs
-from sweeper.pacing import Pacer, aligned_delay, poll_delays
-from sweeper.planner import PlannedCombination, describe
+from sweeper.pacing import Pacer, PollSchedule
+from sweeper.planner import Action, PlannedCombination, describe
 from sweeper.polling import StatusPoller
 from sweeper.stopping import StopController, Stopped, StopReason
 
@@ -137,17 +138,29 @@ class Waiter:
         for task in list(self._tasks):
             task.cancel()
 
+    def _schedule(self, item: PlannedCombination) -> PollSchedule:
+        """The group's poll schedule, its age counted from its submission."""
+        age = 0.0
+        if item.last is not None and item.action is Action.WAIT:
+            # Submitted by an earlier run: the newest row is no older than the group.
+            now = time.time()
+            age = max(0.0, now - (parse_timestamp(item.last.ts) or now))
+        run = self.config.run
+        started = time.monotonic() - age
+        return PollSchedule(run.poll_interval, run.poll_max_interval, started=started)
+
     async def _poll(self, item: PlannedCombination, job_group_id: int) -> None:
         group: JobGroupState | None = None
-        run = self.config.run
+        schedule = self._schedule(item)
         try:
-            for delay in poll_delays(run.poll_interval, run.poll_max_interval):
+            while True:
                 remaining = self.deadline - self.clock()
                 if remaining <= 0:
                     self.stop.stop(StopReason.TIMED_OUT)
                     break
-                # Aligned to a shared grid, so groups come due together and share one listing.
-                await self.stop.sleep(min(aligned_delay(delay, time.time()), remaining))
+                # A flow or plan run is read by a GET of its own; job groups share pages.
+                delay = schedule.next_delay(batched=self.poller.batching and not self.flows)
+                await self.stop.sleep(min(delay, remaining))
                 try:
                     if self.plans:
                         if await self._plan_ended(item, job_group_id):

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sweeper.pacing import Pacer, aligned_delay, poll_delays
+from sweeper.pacing import POLL_AGE_FRACTION, Pacer, PollSchedule, aligned_delay, poll_delays
 
 MS = 0.001  # the pacer's bucket counts whole milliseconds
 
@@ -284,6 +284,96 @@ def test_aligned_delay_groups_submitted_apart_poll_together() -> None:
     assert a == pytest.approx(1050.0) and b == pytest.approx(1050.0)
     assert aligned_delay(0.0, 5.0) == 0.0
     assert aligned_delay(-1.0, 5.0) == 0.0
+
+
+class StepClock:
+    """A wall clock a test moves by hand."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reads_until(schedule: PollSchedule, clock: StepClock, end: float) -> list[float]:
+    """The times a group on ``schedule`` is read, up to the first read at or after ``end``."""
+    reads: list[float] = []
+    while not reads or reads[-1] < end:
+        clock.now += schedule.next_delay(batched=True)
+        reads.append(clock.now)
+    return reads
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    start=st.floats(min_value=1.7e9, max_value=1.8e9),
+    length=st.floats(min_value=0.5, max_value=6 * 3600.0),
+    interval=st.sampled_from([0.25, 2.0, 10.0, 30.0]),
+)
+def test_a_batched_schedule_notices_an_end_within_a_tick_or_5_percent_of_the_run_time(
+    start: float, length: float, interval: float
+) -> None:
+    cap = 600.0
+    clock = StepClock(start)
+    schedule = PollSchedule(interval, cap, started=start, clock=clock)
+    reads = _reads_until(schedule, clock, start + length)
+    late = reads[-1] - (start + length)
+    assert late <= max(interval, min(cap, POLL_AGE_FRACTION * length)) + 1e-6
+    # Every read lands on a tick of the one run-wide clock, and no tick is read twice.
+    ticks = [round(t / interval) for t in reads]
+    assert all(
+        t == pytest.approx(k * interval, abs=1e-6) for t, k in zip(reads, ticks, strict=True)
+    )
+    assert len(set(ticks)) == len(ticks)
+
+
+def test_groups_submitted_apart_read_on_the_same_ticks_at_most_one_round_a_tick() -> None:
+    interval = 10.0
+    reads: set[float] = set()
+    for k in range(100):  # 100 groups submitted 1.7 s apart, each running 1 h
+        start = 1_800_000_000.0 + 1.7 * k
+        clock = StepClock(start)
+        schedule = PollSchedule(interval, 600.0, started=start, clock=clock)
+        reads.update(_reads_until(schedule, clock, start + 3600.0))
+    first, last = min(reads), max(reads)
+    # All groups' reads fall on at most one instant per tick of the run.
+    assert len(reads) <= (last - first) / interval + 1
+    assert all(t % interval == 0 for t in reads)
+
+
+def test_a_batched_schedule_reads_young_groups_each_tick_and_old_ones_by_5_percent_of_age() -> None:
+    clock = StepClock(1_800_000_000.0)
+    schedule = PollSchedule(10.0, 600.0, started=clock.now, clock=clock)
+    reads = _reads_until(schedule, clock, clock.now + 3 * 3600.0)
+    gaps = [b - a for a, b in itertools.pairwise(reads)]
+    assert gaps[:10] == [10.0] * 10  # for its first 200 s a group is read every tick
+    assert max(gaps) <= 600.0  # and never less often than run.poll_max_interval
+    assert 500.0 <= gaps[-1] <= 600.0  # about 5 % of 3 h, rounded down to a tick
+    assert len(reads) < 150  # about 20 + ln(18) / ln(1.05) + (3 h - 1 h 40) / 10 min
+
+
+def test_a_read_that_wakes_a_hair_before_its_tick_does_not_read_that_tick_again() -> None:
+    clock = StepClock(1_800_000_003.0)
+    schedule = PollSchedule(10.0, 600.0, started=clock.now, clock=clock)
+    assert schedule.next_delay(batched=True) == pytest.approx(7.0)  # the next tick, 10 s at most
+    clock.now = 1_800_000_010.0 - 1e-4  # the sleep ended just before the tick
+    assert schedule.next_delay(batched=True) == pytest.approx(10.0 + 1e-4)
+
+
+def test_one_by_one_the_schedule_backs_off_and_returns_to_ticks_when_batched_again() -> None:
+    clock = StepClock(1_800_000_000.0)
+    schedule = PollSchedule(2.0, 600.0, started=clock.now, clock=clock, rng=random.Random(1))
+    delays = []
+    for _ in range(8):
+        delays.append(schedule.next_delay(batched=False))
+        clock.now += delays[-1]
+    assert delays[-1] > 20.0  # 2 s x 1.5^7, jittered and aligned: backing off
+    age = clock.now - schedule.started
+    batched = schedule.next_delay(batched=True)  # batched again: back on the ticks
+    assert batched <= max(2.0, POLL_AGE_FRACTION * age) + 1e-9
+    tick = (clock.now + batched) / 2.0
+    assert tick == pytest.approx(round(tick), abs=1e-6)
 
 
 @pytest.mark.parametrize(("count", "per", "burst"), [(25, 60.0, 3), (480, 60.0, 3), (10, 1.0, 4)])

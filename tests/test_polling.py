@@ -1,41 +1,26 @@
-"""Status polls: aligned to a shared grid, and batched into one listing where the API allows."""
+"""Status polls: on one run-wide tick, and batched into job-library pages where the API allows."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from hypothesis import given
-from hypothesis import strategies as st
 
 import sweeper
 from sweeper.client import DataprepClient, JobGroupState
 from sweeper.config import load_config
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.ledger import Event, read_ledger
-from sweeper.pacing import Pacer, aligned_delay
-from sweeper.polling import StatusPoller
+from sweeper.pacing import Pacer
+from sweeper.polling import MAX_PAGE, StatusPoller
 from tests.conftest import FAST_RUN
-
-
-@given(
-    delay=st.floats(min_value=0.01, max_value=3600.0),
-    now=st.floats(min_value=0.0, max_value=2e9),
-)
-def test_aligned_delay_lands_on_the_grid_and_is_at_most_a_quarter_longer(
-    delay: float, now: float
-) -> None:
-    got = aligned_delay(delay, now)
-    grid = delay / 4
-    assert got >= delay - 1e-6
-    assert got <= delay + grid + 1e-6
-    ticks = (now + got) / grid
-    assert abs(ticks - round(ticks)) < 1e-6 * max(1.0, ticks)
 
 
 class Counting(httpx.AsyncBaseTransport):
@@ -53,12 +38,14 @@ class Counting(httpx.AsyncBaseTransport):
         self.missing = missing
         self.counts: collections.Counter[str] = collections.Counter()
         self.queries: list[httpx.QueryParams] = []  # of GET /v4/jobLibrary
+        self.listed_at: list[float] = []  # wall-clock times of GET /v4/jobLibrary
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         shape = re.sub(r"/\d+", "/{id}", request.url.path)
         self.counts[f"{request.method} {shape}"] += 1
         if shape == "/v4/jobLibrary":
             self.queries.append(request.url.params)
+            self.listed_at.append(time.time())
         if self.list_status and request.method == "GET" and shape in self.missing:
             body = {"exception": {"name": "RouteNotFoundException", "message": "no", "details": ""}}
             return httpx.Response(self.list_status, json=body)
@@ -102,6 +89,33 @@ def test_groups_that_come_due_together_share_one_listing(write_config: Any, tmp_
     assert singles < 12
 
 
+def test_a_sweep_reads_every_status_on_one_run_wide_tick(write_config: Any, tmp_path: Path) -> None:
+    tick = 0.5
+    path = write_config(
+        """
+        [sweep]
+        name = "tick"
+        dataset = 33
+        [matrix]
+        Region = ["01", "02", "03", "04", "05", "06"]
+        varReferenceType = ["PROD", "TEST"]
+        """
+        + FAST_RUN.replace('rate = "600/min"', 'rate = "12/s"').replace(
+            'poll_interval = "0.2s"', f'poll_interval = "{tick}s"'
+        )
+    )
+    transport = Counting(
+        httpx.ASGITransport(app=create_app(EmulatorSettings(output_root=tmp_path)))
+    )
+    summary, _ = _run(path, transport)
+    assert summary.succeeded == 12
+    # Groups submitted apart are read together: at most one job-library page on each tick of
+    # the run's clock (a page holds all 12), however many groups are open.
+    ticks = [math.floor(t / tick) for t in transport.listed_at]
+    assert ticks and len(ticks) == len(set(ticks))
+    assert transport.counts["GET /v4/jobGroups/{id}"] < 12
+
+
 def test_without_a_listing_batching_turns_off_and_every_group_is_polled(
     write_config: Any, tmp_path: Path
 ) -> None:
@@ -122,7 +136,10 @@ class Bearer(httpx.Auth):
 
 
 def _client(tmp_path: Path) -> DataprepClient:
-    app = create_app(EmulatorSettings(output_root=tmp_path))
+    settings = EmulatorSettings(
+        output_root=tmp_path, quota_user_per_min=0, quota_workspace_per_min=0
+    )
+    app = create_app(settings)
     return DataprepClient("http://emulator", transport=httpx.ASGITransport(app=app), auth=Bearer())
 
 
@@ -132,14 +149,14 @@ def test_poller_answers_each_waiter_and_falls_back_for_groups_off_the_page(
     async def main() -> tuple[list[int], list[int], StatusPoller]:
         async with _client(tmp_path) as client:
             ids = []
-            for i in range(30):
+            for i in range(MAX_PAGE + 30):
                 sub = await client.create_job_group(
                     {"wrangledDataset": {"id": 7}}, execution_id=f"x{i}"
                 )
                 assert sub.job_group_id is not None
                 ids.append(sub.job_group_id)
             poller = StatusPoller(client, Pacer(1, 0.001, sleep=asyncio.sleep, margin=0.0))
-            # The oldest group is not on a 25-long newest-first page of a busy workspace.
+            # The oldest group is not on the first (newest-first) page of a busy workspace.
             asked = [ids[0], ids[-1], ids[-2]]
             states = await asyncio.gather(*(poller.get(i) for i in asked))
             return asked, [s.id for s in states], poller

@@ -162,29 +162,43 @@ def _watch(emulator: Emulator, config_path: Path, **kwargs: Any) -> StatusResult
     return asyncio.run(main())
 
 
-def test_watch_polls_with_backoff_until_every_group_ended(project: Path) -> None:
-    """No real waiting: the injected sleep moves the emulator's clock on instead."""
+def test_watch_polls_on_the_run_wide_tick_until_every_group_ended(project: Path) -> None:
+    """No real waiting: the injected sleep moves the emulator's clock and the watch's clock on."""
     config = write_sweep(project)
+    tick = load_config(config).run.poll_interval
     emulator = Emulator(project)
     # Region 03 runs 100x longer: 15 s of emulator time.
     emulator.use_faults(FaultSettings(slow_factor=100.0, slow_params={"Region": ("03",)}))
     run(config, emulator, "n1", wait=False)
     emulator.offset += 1.0  # the fast ones are done; the slow ones are not
+    now = [1000.0 + tick / 3]  # the watch's clock, a third of a tick past one
     sleeps: list[float] = []
     seen: list[dict[str, int]] = []
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        emulator.offset += 4.0
+        now[0] += seconds
+        emulator.offset += seconds
 
-    result = _watch(emulator, config, sleep=sleep, on_change=lambda r: seen.append(r.counts()))
+    result = _watch(
+        emulator,
+        config,
+        sleep=sleep,
+        clock=lambda: now[0],
+        on_change=lambda r: seen.append(r.counts()),
+    )
     assert result.open == 0 and result.finished == 8
     assert seen[0] == {"succeeded": 6, "running": 2}
     assert seen[-1] == {"succeeded": 8}
-    # 15 s of emulator time at 4 s per sleep: 3 or 4 sleeps, each a backoff step
-    assert 3 <= len(sleeps) <= 4
-    assert all(b >= a * 0.8 for a, b in itertools.pairwise(sleeps))
-    # one GET per open group per round: 8, then 2 per round
+    # Every round lands on a tick of the clock, never more than one a tick, and the slow
+    # groups' end (about 14 s after the first round) is seen within a tick or 5 % of its age.
+    ends = list(itertools.accumulate(sleeps, initial=1000.0 + tick / 3))[1:]
+    assert all(t / tick == pytest.approx(round(t / tick)) for t in ends)
+    assert all(s > 0 for s in sleeps)
+    cap = load_config(config).run.poll_max_interval
+    assert max(sleeps) <= max(tick, cap) + 1e-9
+    assert 14.0 / max(tick, cap) <= len(sleeps) <= 16.0 / tick + 1
+    # one read per open group per round: 8, then 2 per round
     assert result.refreshed == 8 + 2 * len(sleeps)
     facts = truth(emulator, "n1")
     state = {(r.params["Region"], r.params["varReferenceType"]): r for r in result.rows}
