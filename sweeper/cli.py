@@ -585,6 +585,20 @@ def emulator() -> None:
     help="runFlow requests per workspace per minute (0: no quota).",
 )
 @click.option(
+    "--plan-quota-user",
+    type=_IntRange(min=0),
+    default=30,
+    show_default=True,
+    help="runPlan requests per user per minute (0: no quota).",
+)
+@click.option(
+    "--plan-quota-workspace",
+    type=_IntRange(min=0),
+    default=60,
+    show_default=True,
+    help="runPlan requests per workspace per minute (0: no quota).",
+)
+@click.option(
     "--output-root",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("emulator-output"),
@@ -612,6 +626,8 @@ def emulator_serve(
     quota_workspace: int,
     flow_quota_user: int,
     flow_quota_workspace: int,
+    plan_quota_user: int,
+    plan_quota_workspace: int,
     output_root: Path,
     time_scale: float,
     seed: int,
@@ -640,6 +656,8 @@ def emulator_serve(
             quota_workspace_per_min=quota_workspace,
             flow_quota_user_per_min=flow_quota_user,
             flow_quota_workspace_per_min=flow_quota_workspace,
+            plan_quota_user_per_min=plan_quota_user,
+            plan_quota_workspace_per_min=plan_quota_workspace,
             token=token,
             output_root=output_root,
             time_scale=time_scale,

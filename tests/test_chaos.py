@@ -10,6 +10,8 @@ Seeded: set SWEEPER_CHAOS_SEED to replay a failure (the seed is in every asserti
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import random
 import signal
@@ -221,3 +223,123 @@ def test_sigkill_a_flow_sweep_then_resume_starts_each_flow_run_once(tmp_path: Pa
     for row in last.values():
         groups = [int(g) for g in row["job_group_ids"].split()]
         assert groups == by_run[int(row["flow_run_id"])], where
+
+
+PLAN_RUNS = 24
+PLAN_LATENCY = (0.1, 0.3)  # seconds of injected POST latency: every kill catches one in flight
+
+
+def _kill_while_a_post_is_in_flight(
+    proc: subprocess.Popen[bytes],
+    ledger: Path,
+    not_before: float,
+    pause: float,
+    give_up: float = 30.0,
+) -> bool:
+    """SIGKILL ``proc`` ``pause`` seconds after the ledger's last row becomes an ``intent``
+    (written just before its POST), once ``not_before`` seconds have passed. False if it ended
+    first or no POST came within ``give_up`` seconds (the caller kills it then)."""
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() - started < give_up:
+        if time.monotonic() - started >= not_before and ledger.is_file():
+            text = ledger.read_text(encoding="utf-8")
+            rows = list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
+            if rows and rows[-1]["event"] == "intent":
+                time.sleep(pause)
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+                return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigkill_a_plan_sweep_mid_post_then_resume_starts_each_plan_run_once(
+    tmp_path: Path,
+) -> None:
+    """The same for a plan sweep, each kill landing while a runPlan POST is in flight. A plan
+    run carries no run parameters, so a 304 is reconciled by adopting the one plan run no ledger
+    row holds; one POST in flight at a time (concurrency 1) keeps that run unambiguous. Every
+    combination must get exactly one plan run, under its execution id, and the ledger must end
+    with that run's id."""
+    seed = _seed()
+    rng = random.Random(seed)
+    where = f"[SWEEPER_CHAOS_SEED={seed}]"
+    low, high = PLAN_LATENCY
+    with served_emulator(
+        tmp_path / "server",
+        faults=f"seed = {seed}\n\n[latency]\npost = [{low}, {high}]\n",
+        args=[
+            *("--plan-quota-user", "6000", "--plan-quota-workspace", "12000"),
+            *("--time-scale", "10"),
+        ],
+    ) as url:
+        project = tmp_path / "project"
+        config = write_sweep(
+            project / "planchaos.toml",
+            name="planchaos",
+            base_url=url,
+            matrix=f'repeat = {{ start = 1, end = {PLAN_RUNS}, format = "02d" }}',
+            run={
+                "rate": "3000/min",
+                "concurrency": 1,
+                "poll_interval": "0.2s",
+                "poll_max_interval": "1s",
+                "timeout": "2m",
+                "settle": f"{high + 0.5}s",
+            },
+            retry={"attempts": 10, "max_wait": "1s", "total": "30s", "budget": 2.0},
+        )
+        # A plan instead of a recipe: plan 5 runs flows 12 and 13. It takes no overrides.
+        head, tail = config.read_text(encoding="utf-8").split("[[overrides.writeSettings]]")
+        text = head.replace("dataset = 33", "plan = 5") + tail[tail.index("[run]") :]
+        config.write_text(text, encoding="utf-8")
+        ledger = project / "results" / "planchaos.csv"
+        env = {**os.environ, "RELIAB_TOKEN": "chaos-token"}
+        argv = sweeper_argv("run", str(config), "--run-id", "chaos", "-q")
+        kills = 0
+        for _ in range(3):
+            proc = subprocess.Popen(
+                argv, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                not_before, pause = rng.uniform(0.3, 1.5), rng.uniform(0.0, low)
+                kills += _kill_while_a_post_is_in_flight(proc, ledger, not_before, pause)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+        final = subprocess.run(
+            argv, cwd=project, env=env, capture_output=True, text=True, timeout=90
+        )
+        detail = f"{where}\n{final.stdout}\n{final.stderr[-3000:]}"
+        runs = httpx.get(f"{url}/_emulator/planRuns", timeout=60).json()["data"]
+        counters = stats(url)
+
+    assert final.returncode == 0, detail
+    assert kills == 3, f"{where} only {kills} kills landed during a POST"
+    rows = ledger_rows(ledger)
+    last = last_rows(rows)
+    assert len(last) == PLAN_RUNS, where
+    ended = {(r["event"], r["status"]) for r in last.values()}
+    assert ended == {("finished", "Complete")}, f"{where} {ended}"
+    xids: dict[str, set[str]] = {}
+    for row in rows:
+        xids.setdefault(row["combo_id"], set()).add(row["execution_id"])
+    assert all(len(x) == 1 for x in xids.values()), f"{where} a combination changed identity"
+    # The oracle: one plan run per combination, created under its execution id, nothing else.
+    per_xid = Counter(r["executionId"] for r in runs)
+    assert per_xid == Counter(x for ids in xids.values() for x in ids), f"{where} {per_xid}"
+    # The ledger holds each combination's plan snapshot run id in flow_run_id.
+    run_of = {r["executionId"]: r["id"] for r in runs}
+    for end in last.values():
+        assert int(end["flow_run_id"]) == run_of[end["execution_id"]], where
+        assert end["job_group_id"] == "" and end["job_group_ids"] == "", where
+    # At least one kill left a POST the server went on to complete: the resume's resend got 304.
+    reconciled = sum(r["event"] == "reconciled" and r["http_status"] == "304" for r in rows)
+    assert reconciled >= 1 and counters["served_304"] >= reconciled, where
+    print(
+        f"plan chaos seed {seed}: {kills} kills mid-POST; {len(runs)} plan runs, "
+        f"{counters['served_304']} 304s, {reconciled} reconciled rows"
+    )

@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover
         FakeClock,
         running_emulator,
     )
+from tests.reliab_support import served_emulator
 
 AUTH = {"Authorization": "Bearer t0ken"}
 MINIMAL = {"wrangledDataset": {"id": 7}}
@@ -97,15 +98,30 @@ def test_seed_bodies_profiling_and_outputs_over_http(tmp_path: Path) -> None:
         ]
 
 
-def test_quota_over_http_is_exactly_as_documented(tmp_path: Path) -> None:
+# Each quota bucket: its `sweeper emulator serve` options, a POST it counts, its default per-user
+# limit. Flow 13 and plan 5 are in the packaged catalog.
+QUOTAS = {
+    "runJobGroup": ("--quota-user", "--quota-workspace", "/v4/jobGroups", MINIMAL, 30),
+    "runFlow": ("--flow-quota-user", "--flow-quota-workspace", "/v4/flows/13/run", None, 20),
+    "runPlan": ("--plan-quota-user", "--plan-quota-workspace", "/v4/plans/5/run", None, 30),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("endpoint", list(QUOTAS))
+def test_quota_over_http_is_exactly_as_documented(tmp_path: Path, endpoint: str) -> None:
+    """`sweeper emulator serve` with one bucket's quota options: 429 past its per-user count,
+    with the documented headers and body, while the other buckets stay untouched."""
+    user_flag, workspace_flag, route, body, _ = QUOTAS[endpoint]
+    args = [user_flag, "2", workspace_flag, "5"]
     with (
-        running_emulator(settings(tmp_path, quota_user_per_min=2)) as url,
-        httpx.Client(base_url=url, headers=AUTH, timeout=5) as client,
+        served_emulator(tmp_path, args=args) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=10) as client,
     ):
-        ok = [post(client, MINIMAL) for _ in range(2)]
-        assert [r.status_code for r in ok] == [201, 201]
+        ok = [client.post(route, json=body) for _ in range(2)]
+        assert [r.status_code for r in ok] == [201, 201], ok[0].text
         assert ok[1].headers["x-rate-limit-user-remaining"] == "0"
-        r = post(client, MINIMAL)
+        r = client.post(route, json=body)
         assert r.status_code == 429 and "retry-after" not in r.headers
         retry = int(r.headers["x-retry-after"])
         assert 1 <= retry <= 60
@@ -118,14 +134,32 @@ def test_quota_over_http_is_exactly_as_documented(tmp_path: Path) -> None:
             "workspace-reset",
         ):
             assert r.headers[f"x-rate-limit-{name}"].isdigit()
+        assert r.headers["x-rate-limit-user-limit"] == "2"
+        assert r.headers["x-rate-limit-workspace-limit"] == "5"
         assert len(r.headers["x-rate-limit-user-reset"]) == 13  # epoch milliseconds
         assert r.json()["exception"] == {
             "name": "TooManyRequestsException",
             "message": "Too Many Requests",
-            "details": f'API quota reached for "runJobGroup". Wait {retry} seconds before making '
+            "details": f'API quota reached for "{endpoint}". Wait {retry} seconds before making '
             "a new request. (Max. 2 requests allowed per minute per user.)",
         }
-        assert client.get("/_emulator/stats").json()["created"] == 2
+        # The other buckets count nothing of this one's POSTs (nor of the job groups they ran).
+        for other, (_, _, other_route, other_body, default) in QUOTAS.items():
+            if other != endpoint:
+                answer = client.post(other_route, json=other_body)
+                assert answer.status_code == 201, (other, answer.text)
+                assert answer.headers["x-rate-limit-user-limit"] == str(default), other
+                assert answer.headers["x-rate-limit-user-remaining"] == str(default - 1), other
+        stats = client.get("/_emulator/stats").json()
+        counters = ("served_429", "served_429_run_flow", "served_429_run_plan")
+        assert {k: stats[k] for k in counters} == {
+            "served_429": 1,
+            "served_429_run_flow": int(endpoint == "runFlow"),
+            "served_429_run_plan": int(endpoint == "runPlan"),
+        }
+        accepted = {**dict.fromkeys(QUOTAS, 1), endpoint: 2}  # the refused POST created nothing
+        assert stats["flow_runs_created"] == accepted["runFlow"]
+        assert stats["plan_runs_created"] == accepted["runPlan"]
 
 
 def test_injected_429_bursts(tmp_path: Path) -> None:
