@@ -757,9 +757,21 @@ def _run(
     rate_key = t.get("rate_key")
     if rate_key is not None and (not isinstance(rate_key, str) or not rate_key.strip()):
         raise r._want("a non-empty string", rate_key, "run.rate_key")
+    concurrency = r.integer(
+        t, "concurrency", "run", 1 if target == "plan" else d.concurrency, 1, 64
+    )
+    if target == "plan" and concurrency > 1:
+        # After a lost answer a plan run can only be told apart from the others (its body names
+        # no parameters) by being the one POST the sweep had in flight.
+        raise r.error(
+            "A plan sweep submits one plan run at a time: POST /v4/plans/{id}/run names no "
+            "parameters, so after a lost answer sweeper can only recognise its run by having "
+            "no other in flight. Remove run.concurrency (it is 1 for plans) or set it to 1.",
+            "run.concurrency",
+        )
     return RunSettings(
         rate=rate,
-        concurrency=r.integer(t, "concurrency", "run", d.concurrency, 1, 64),
+        concurrency=concurrency,
         wait=r.boolean(t, "wait", "run", d.wait),
         timeout=r.duration(t, "timeout", "run", d.timeout, positive=True),
         poll_interval=poll_interval,

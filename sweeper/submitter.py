@@ -275,7 +275,7 @@ class Submitter:
         if found is None:
             journal.write(
                 item,
-                event,
+                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
                 error="the server already has this execution id (304), but no job group "
                 "matched in its listing; check the platform's job history",
                 **common,
@@ -348,7 +348,7 @@ class Submitter:
         if run_id is None or not groups:
             journal.write(
                 item,
-                event,
+                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
                 error="the server already has this execution id (304), but no flow run "
                 "matched in its job listing; check the platform's job history",
                 **common,
@@ -408,7 +408,7 @@ class Submitter:
         if run_id is None:
             journal.write(
                 item,
-                event,
+                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
                 error="the server already has this execution id (304), but no single plan run "
                 "since the first attempt is unaccounted for; check the plan's run history",
                 **common,

@@ -12,8 +12,9 @@ import pytest
 from sweeper.config import load_config
 from sweeper.emulator import FaultSettings
 from sweeper.errors import ConfigError
-from sweeper.ledger import Event, LedgerRow, read_ledger
+from sweeper.ledger import Event, LedgerRow, read_ledger, state_of
 from sweeper.matrix import Combination
+from sweeper.state import State
 from sweeper.template import RequestTemplate
 from tests.reliab_support import emulator_app, oracle, run_library
 
@@ -64,6 +65,17 @@ def test_a_plan_target_loads_with_its_own_rate_and_an_empty_body(tmp_path: Path)
     with pytest.raises(ConfigError, match="takes no overrides") as caught:
         load_config(path)
     assert caught.value.key == "overrides.execution"
+
+
+def test_a_plan_sweep_submits_one_run_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    base = '[sweep]\nname = "s"\nplan = 5\n[matrix]\nrepeat = ["1", "2"]\n'
+    path.write_text(base)
+    assert load_config(path).run.concurrency == 1  # a recipe sweep's default is 4
+    path.write_text(base + "[run]\nconcurrency = 4\n")
+    with pytest.raises(ConfigError, match="one plan run at a time") as caught:
+        load_config(path)
+    assert caught.value.key == "run.concurrency"
 
 
 def test_a_plan_sweep_records_each_run_and_a_rerun_submits_nothing(project: Path) -> None:
@@ -153,6 +165,11 @@ def test_a_304_with_two_unclaimed_plan_runs_stays_in_doubt(project: Path) -> Non
     assert summary.exit_code != 0
     (intent, *rest) = _rows(project)
     mine = [r for r in rest if r.combo_id == intent.combo_id]
-    assert mine[-1].event is Event.RECONCILED and mine[-1].flow_run_id is None
+    assert mine[-1].http_status == 304 and mine[-1].flow_run_id is None
+    assert state_of(mine[-1]) is State.IN_DOUBT  # the server has it: never "not sent"
     assert "no single plan run" in mine[-1].error
     assert oracle(app)["plan_runs_created"] == 3  # the lost run, the other one, combination 2
+    # Every resume asks again with the same execution id, and creates nothing.
+    again, _ = run_library(config, httpx.ASGITransport(app=app))
+    assert again.exit_code != 0 and again.in_doubt == 1
+    assert oracle(app)["plan_runs_created"] == 3
