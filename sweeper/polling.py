@@ -13,7 +13,6 @@ turn batching off for the rest of the run, and the groups' schedules back off in
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -23,7 +22,7 @@ from sweeper.errors import ApiError, ApiRejectedError, AuthError
 from sweeper.pacing import Pacer
 
 MAX_PAGE = 100  # the most groups one listing asks for
-MAX_PAGES = 10  # the most job-library pages one round reads; the rest are polled one by one
+MAX_PAGES = 10  # the most job-library pages one round reads; the rest are read one by one
 CLOCK_SKEW = timedelta(minutes=5)  # the server's createdAt may run behind our clock
 
 
@@ -120,26 +119,34 @@ class StatusPoller:
     ) -> dict[int, JobGroupState]:
         since = self._window(waiting)
         found: dict[int, JobGroupState] = {}
-        # Whole pages: the groups still open may be the run's oldest, behind many that ended.
+        listed: set[int] = set()
+        # Pages come newest first: once a page ends before the oldest creation time known among
+        # the waiting groups, later pages hold none of those. Whole pages, since the groups
+        # still open may be the run's oldest, behind many that ended.
+        known = [self._created[gid] for gid in waiting if gid in self._created]
+        oldest = min(known) if known else None
         limit = MAX_PAGE
-        # Enough pages for every waiting group plus one for groups others created meanwhile.
-        pages = min(MAX_PAGES, math.ceil(len(waiting) / limit) + 1)
         try:
-            for page in range(pages):
+            for page in range(MAX_PAGES):
                 await self.gate.acquire()
                 self.listings += 1
                 groups = await self.client.recent_job_groups(
                     limit=limit, offset=page * limit, created_since=since
                 )
                 for group in groups:
+                    if group.id not in waiting:
+                        continue
+                    listed.add(group.id)
                     # A page may leave jobs out: a group that ended is then read by id, once,
                     # so its job ids and errors are recorded.
-                    if group.id in waiting and (group.jobs or not group.terminal):
+                    if group.jobs or not group.terminal:
                         found[group.id] = group
+                last = _parse_time(groups[-1].created_at) if groups else None
                 if (
-                    len(found) == len(waiting)
+                    len(listed) == len(waiting)
                     or len(groups) < limit
                     or self.client.job_library is False  # the listing: newest page only
+                    or (oldest is not None and last is not None and last < oldest)
                 ):
                     break
         except AuthError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import math
 import re
 import time
@@ -259,6 +260,51 @@ def test_polls_of_many_open_groups_cost_job_library_pages_not_a_get_each(tmp_pat
     assert transport.counts["GET /v4/jobGroups/{id}"] == 0
     assert 3 <= transport.counts["GET /v4/jobLibrary"] == poller.listings <= 4  # 100 a page
     assert transport.counts["GET /v4/jobGroups"] == 0
+
+
+class Hiding(httpx.AsyncBaseTransport):
+    """Shows one job group as another (an id nobody asks about) on every job-library page: a group
+    the listing does not show, on pages as long as ever."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.hidden: int | None = None
+        self.pages = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path != "/v4/jobLibrary":
+            return response
+        self.pages += 1
+        body = json.loads(await response.aread())
+        for group in body["data"]:
+            if group["id"] == self.hidden:
+                group["id"] = 10**9
+        return httpx.Response(response.status_code, json=body)
+
+
+def test_a_round_reads_pages_no_deeper_than_its_oldest_group(tmp_path: Path) -> None:
+    transport = Hiding(httpx.ASGITransport(app=_slow_app(tmp_path)))
+
+    async def main() -> tuple[int, int, StatusPoller]:
+        async with DataprepClient("http://e", transport=transport, auth=Bearer()) as client:
+            ids = await _submit(client, 3 * MAX_PAGE + 50)
+            poller = StatusPoller(client, Pacer(1, 0.0001, sleep=asyncio.sleep, margin=0.0))
+            hidden = ids[2 * MAX_PAGE]  # on the second page, newest first
+            transport.hidden = hidden
+            await asyncio.gather(*(poller.get(i) for i in ids))  # learns every createdAt
+            before = transport.pages
+            newest = ids[-20:]
+            states = await asyncio.gather(*(poller.get(i) for i in [hidden, *newest]))
+            assert [s.id for s in states] == [hidden, *newest]
+            return before, transport.pages - before, poller
+
+    first, second, poller = asyncio.run(main())
+    assert first == 4  # 350 groups: every page, down to the short one
+    # The hidden group is not on any page: the round stops at the page that ends before its
+    # creation time (the second), not at the last one, and reads it by id.
+    assert second == 2
+    assert poller.gets == 2  # the hidden group, once a round
 
 
 def test_without_the_job_library_polls_fall_back_to_the_listing(tmp_path: Path) -> None:
