@@ -5,6 +5,9 @@ The emulator runs in its own process (it survives the client's death) with 5% "c
 with SIGKILL at seeded random moments, then resumed to the end. The oracle must show every
 combination created exactly once, and every combination's last ledger row must be an outcome.
 
+A flow sweep and a plan sweep get the same treatment: killed while their POSTs are in flight,
+resumed, and every combination's flow run or plan run must exist exactly once.
+
 Seeded: set SWEEPER_CHAOS_SEED to replay a failure (the seed is in every assertion message).
 """
 
