@@ -53,7 +53,11 @@ class Counting(httpx.AsyncBaseTransport):
         return await self.inner.handle_async_request(request)
 
 
-def _sweep(write_config: Callable[[str], Path]) -> Path:
+def _sweep(
+    write_config: Callable[[str], Path], *, rate: str = "60000/min", poll_interval: str = "0.2s"
+) -> Path:
+    """12 combinations, submitted together at the default rate."""
+    run = FAST_RUN.replace('rate = "600/min"', f'rate = "{rate}"')
     return write_config(
         """
         [sweep]
@@ -63,7 +67,7 @@ def _sweep(write_config: Callable[[str], Path]) -> Path:
         Region = ["01", "02", "03", "04", "05", "06"]
         varReferenceType = ["PROD", "TEST"]
         """
-        + FAST_RUN.replace('rate = "600/min"', 'rate = "60000/min"')  # submitted together
+        + run.replace('poll_interval = "0.2s"', f'poll_interval = "{poll_interval}"')
     )
 
 
@@ -92,19 +96,7 @@ def test_groups_that_come_due_together_share_one_listing(write_config: Any, tmp_
 
 def test_a_sweep_reads_every_status_on_one_run_wide_tick(write_config: Any, tmp_path: Path) -> None:
     tick = 0.5
-    path = write_config(
-        """
-        [sweep]
-        name = "tick"
-        dataset = 33
-        [matrix]
-        Region = ["01", "02", "03", "04", "05", "06"]
-        varReferenceType = ["PROD", "TEST"]
-        """
-        + FAST_RUN.replace('rate = "600/min"', 'rate = "12/s"').replace(
-            'poll_interval = "0.2s"', f'poll_interval = "{tick}s"'
-        )
-    )
+    path = _sweep(write_config, rate="12/s", poll_interval=f"{tick}s")  # submitted apart
     transport = Counting(
         httpx.ASGITransport(app=create_app(EmulatorSettings(output_root=tmp_path)))
     )
