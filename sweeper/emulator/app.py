@@ -32,18 +32,15 @@ from sweeper.emulator.flows import (
     get_flow_run_job_groups,
     get_flow_run_status,
     run_flow,
-    take_quota,
 )
 from sweeper.emulator.http import (
     ApiProblem,
-    DropConnection,
     EdgeMiddleware,
     http_error_handler,
     json_error_handler,
     not_found,
     parse_bool,
     parse_int,
-    read_body,
     user_key,
     validation_failed,
 )
@@ -51,7 +48,8 @@ from sweeper.emulator.oauth import OAuthIssuer, oauth_routes
 from sweeper.emulator.openapi import openapi_route
 from sweeper.emulator.oracle import oracle_routes
 from sweeper.emulator.plans import get_plan_run, list_plan_runs, run_plan
-from sweeper.emulator.quota import Quota, too_many_details
+from sweeper.emulator.posting import run_post
+from sweeper.emulator.quota import Quota
 from sweeper.emulator.settings import EmulatorSettings
 from sweeper.emulator.store import Store
 from sweeper.emulator.validation import (
@@ -160,27 +158,6 @@ def _load(emulator: Emulator, group_id: int) -> tuple[sqlite3.Row, list[sqlite3.
 # POST /v4/jobGroups -------------------------------------------------------------------------
 
 
-def _injected_429(emulator: Emulator) -> ApiProblem:
-    wait = emulator.faults.faults.rate_limit_retry_after
-    with emulator.store.transaction() as conn:
-        Store.bump(conn, "served_429")
-        Store.bump(conn, "fault:rate_limit")
-    limit = emulator.settings.quota_user_per_min or 30
-    headers = {
-        "x-rate-limit-user-limit": str(limit),
-        "x-rate-limit-user-remaining": "0",
-        "x-rate-limit-user-reset": str(int((emulator.engine.now() + wait) * 1000)),
-        "x-retry-after": str(wait),
-    }
-    details = too_many_details(wait, limit, "user")
-    return ApiProblem(429, "TooManyRequestsException", "Too Many Requests", details, headers)
-
-
-def _injected_5xx(emulator: Emulator, details: str) -> ApiProblem:
-    status = emulator.faults.faults.error_status
-    return ApiProblem(status, "InternalServerError", "Internal Server Error", details)
-
-
 def _validated(
     emulator: Emulator, raw: bytes
 ) -> tuple[dict[str, Any], Dataset, list[tuple[str, str]]]:
@@ -207,23 +184,12 @@ def _validated(
     return body, dataset, given
 
 
-async def create_job_group(request: Request) -> Response:
-    """runJobGroup: auth, injected 429, quota, injected 5xx, validation, 304 or create, faults."""
-    emulator = _emulator(request)
+def _new_job_group(
+    emulator: Emulator, request: Request, raw: bytes, who: str
+) -> dict[str, Any] | None:
+    """runJobGroup's own part of the POST (posting.run_post): validation, then 304 or the job
+    group."""
     store, engine = emulator.store, emulator.engine
-    store.count("posts_received")
-    # credentials before the body: an unauthenticated caller gets 401 without being read at all
-    who = user_key(request, emulator.settings.token)
-    # then the body, before the latency: a client that times out during the latency leaves a
-    # request that is still processed, the "in doubt" case retries must survive
-    raw = await read_body(request, emulator.settings.max_body_bytes)
-    await emulator.delay("post")
-    if emulator.faults.rate_limited():  # before the quota: an injected 429 is not counted
-        raise _injected_429(emulator)
-    quota_headers = take_quota(emulator, emulator.quota, who)
-    if emulator.faults.error_before():
-        emulator.fault("error_before")
-        raise _injected_5xx(emulator, "Injected fault before creating the job group.")
     body, dataset, given = _validated(emulator, raw)
     execution_id = request.headers.get("x-execution-id") or None
     with store.transaction() as conn:  # lookup and insert in one IMMEDIATE transaction
@@ -233,7 +199,7 @@ async def create_job_group(request: Request) -> Response:
             ).fetchone()
             if seen is not None:
                 store.bump(conn, "served_304")
-                return Response(status_code=304, headers=quota_headers)
+                return None
         result = engine.create(
             conn,
             dataset=dataset,
@@ -244,13 +210,20 @@ async def create_job_group(request: Request) -> Response:
             now=engine.now(),
         )
         store.bump(conn, "created")
-    if emulator.faults.drop_after():
-        emulator.fault("drop_after")
-        raise DropConnection()
-    if emulator.faults.error_after():
-        emulator.fault("error_after")
-        raise _injected_5xx(emulator, "Injected fault after creating the job group.")
-    return JSONResponse(result, status_code=201, headers=quota_headers)
+    return result
+
+
+async def create_job_group(request: Request) -> Response:
+    """runJobGroup: the run POST path of posting.py around one new job group."""
+    emulator = _emulator(request)
+    return await run_post(
+        request,
+        emulator,
+        quota=emulator.quota,
+        received="posts_received",
+        creates="the job group",
+        create=_new_job_group,
+    )
 
 
 # reads ----------------------------------------------------------------------------------------

@@ -17,14 +17,8 @@ from starlette.responses import JSONResponse, Response
 
 from sweeper.emulator.catalog import UnsafeSourceError
 from sweeper.emulator.engine import TERMINAL, iso
-from sweeper.emulator.http import (
-    ApiProblem,
-    not_found,
-    read_body,
-    user_key,
-    validation_failed,
-)
-from sweeper.emulator.quota import Quota, too_many_details
+from sweeper.emulator.http import not_found, user_key, validation_failed
+from sweeper.emulator.posting import run_post
 from sweeper.emulator.store import Store, dumps
 from sweeper.emulator.validation import check_overrides, check_types, parse_body, run_parameters_of
 
@@ -47,23 +41,6 @@ def _id(request: Request) -> int:
     if not 0 <= value < 2**63:
         raise not_found(f"No object has the id {raw}.")
     return value
-
-
-def take_quota(emulator: Emulator, quota: Quota, who: str) -> dict[str, str]:
-    """Count this POST against ``quota`` (one endpoint's bucket): its x-rate-limit-* headers,
-    or a 429 naming the endpoint."""
-    with emulator.store.transaction() as conn:
-        answer = quota.take(conn, who, emulator.engine.now())
-        if not answer.allowed:
-            Store.bump(conn, "served_429")
-            if quota.endpoint != "runJobGroup":  # runJobGroup's are the plain served_429
-                Store.bump(conn, f"served_429:{quota.endpoint}")
-    if not answer.allowed:
-        details = too_many_details(answer.retry_after, answer.limit, answer.scope, quota.endpoint)
-        raise ApiProblem(
-            429, "TooManyRequestsException", "Too Many Requests", details, answer.headers
-        )
-    return answer.headers
 
 
 def _recipe_bodies(emulator: Emulator, flow_id: int, body: dict[str, Any]) -> list[Any]:
@@ -120,24 +97,34 @@ def _recipe_bodies(emulator: Emulator, flow_id: int, body: dict[str, Any]) -> li
     return out
 
 
-async def run_flow(request: Request) -> Response:
-    """runFlow: auth, quota, validation, 304 or one job group per recipe output."""
-    emulator = _emulator(request)
-    emulator.store.count("flow_posts_received")
-    who = user_key(request, emulator.settings.token)
-    raw = await read_body(request, emulator.settings.max_body_bytes)
-    await emulator.delay("post")
-    quota_headers = take_quota(emulator, emulator.flow_quota, who)
+def _new_flow_run(
+    emulator: Emulator, request: Request, raw: bytes, who: str
+) -> dict[str, Any] | None:
+    """runFlow's own part of the POST (posting.run_post): validation, then 304 or the flow run
+    with one job group per recipe output."""
     flow_id = _id(request)
     body = parse_body(raw) if raw.strip() else {}  # the body is optional
     planned = _recipe_bodies(emulator, flow_id, body)
     execution_id = request.headers.get("x-execution-id") or None
     started = start_run(emulator, "flow", flow_id, execution_id, body, planned, who)
     if started is None:
-        return Response(status_code=304, headers=quota_headers)
+        return None
     run_id, groups = started
     data = [{**group, "flowRun": {"id": run_id}} for group in groups]
-    return JSONResponse({"flowRunId": run_id, "data": data}, status_code=201, headers=quota_headers)
+    return {"flowRunId": run_id, "data": data}
+
+
+async def run_flow(request: Request) -> Response:
+    """runFlow: the run POST path of posting.py around one new flow run."""
+    emulator = _emulator(request)
+    return await run_post(
+        request,
+        emulator,
+        quota=emulator.flow_quota,
+        received="flow_posts_received",
+        creates="the flow run",
+        create=_new_flow_run,
+    )
 
 
 def start_run(

@@ -21,23 +21,20 @@ from sweeper.emulator.flows import (
     _recipe_bodies,
     flow_run_status,
     start_run,
-    take_quota,
 )
-from sweeper.emulator.http import not_found, parse_int, read_body, user_key
+from sweeper.emulator.http import not_found, parse_int, user_key
+from sweeper.emulator.posting import run_post
 from sweeper.emulator.validation import parse_body
 
 if TYPE_CHECKING:
     from sweeper.emulator.app import Emulator
 
 
-async def run_plan(request: Request) -> Response:
-    """runPlan: auth, quota, 304 or a plan snapshot run with one job group per recipe output."""
-    emulator = _emulator(request)
-    emulator.store.count("plan_posts_received")
-    who = user_key(request, emulator.settings.token)
-    raw = await read_body(request, emulator.settings.max_body_bytes)
-    await emulator.delay("post")
-    quota_headers = take_quota(emulator, emulator.plan_quota, who)
+def _new_plan_run(
+    emulator: Emulator, request: Request, raw: bytes, who: str
+) -> dict[str, Any] | None:
+    """runPlan's own part of the POST (posting.run_post): validation, then 304 or the plan
+    snapshot run with one job group per recipe output of its flows."""
     plan_id = _id(request)
     body = parse_body(raw) if raw.strip() else {}  # the body is optional
     plan = emulator.plans.get(plan_id)
@@ -48,9 +45,22 @@ async def run_plan(request: Request) -> Response:
     execution_id = request.headers.get("x-execution-id") or None
     started = start_run(emulator, "plan", plan_id, execution_id, body, planned, who)
     if started is None:
-        return Response(status_code=304, headers=quota_headers)
+        return None
     run_id, _ = started
-    return JSONResponse({"planSnapshotRunId": run_id}, status_code=201, headers=quota_headers)
+    return {"planSnapshotRunId": run_id}
+
+
+async def run_plan(request: Request) -> Response:
+    """runPlan: the run POST path of posting.py around one new plan snapshot run."""
+    emulator = _emulator(request)
+    return await run_post(
+        request,
+        emulator,
+        quota=emulator.plan_quota,
+        received="plan_posts_received",
+        creates="the plan snapshot run",
+        create=_new_plan_run,
+    )
 
 
 def _plan_run_json(emulator: Emulator, row: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Per-endpoint quotas (runJobGroup, runFlow): a 60-second sliding window per user and workspace."""
+"""Per-endpoint quotas (runJobGroup, runFlow, runPlan): a 60-second sliding window per user and
+workspace."""
 
 from __future__ import annotations
 

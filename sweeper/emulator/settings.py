@@ -14,18 +14,20 @@ class FaultSettings:
     # seconds of added latency per endpoint name (post, get, status, jobs, list, cancel, outputs,
     # job_status, or "all"), as (min, max)
     latency: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    # 429 bursts on POST /v4/jobGroups: after every `rate_limit_every` POSTs answer the next
-    # `rate_limit_burst` with 429; and/or each POST gets 429 with probability `rate_limit_rate`
+    # The rate_limit_* and error/drop faults apply to every run POST (runJobGroup, runFlow,
+    # runPlan: see posting.py), counted together in request order.
+    # 429 bursts: after every `rate_limit_every` POSTs answer the next `rate_limit_burst` with
+    # 429; and/or each POST gets 429 with probability `rate_limit_rate`
     rate_limit_every: int = 0
     rate_limit_burst: int = 1
     rate_limit_rate: float = 0.0
     rate_limit_retry_after: int = 1  # x-retry-after (seconds) sent with an injected 429
-    # 5xx on POST /v4/jobGroups before the group is created (nothing created)
+    # 5xx before the job group, flow run or plan run is created (nothing created)
     error_before_rate: float = 0.0
-    # 5xx on POST /v4/jobGroups after the group is created (the group exists; the client sees 5xx)
+    # 5xx after it is created (it exists; the client sees 5xx)
     error_after_rate: float = 0.0
     error_status: int = 500
-    # the connection is closed without a response after the group is created
+    # the connection is closed without a response after it is created
     drop_after_rate: float = 0.0
     # jobs: the wrangle job fails at this rate, or when a run parameter has one of these values
     job_fail_rate: float = 0.0
