@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -108,6 +108,9 @@ def created_groups(base_url: str) -> list[dict[str, Any]]:
     return groups
 
 
+TARGET_IDS = {"dataset": 33, "flow": 12, "plan": 5}  # write_sweep's targets, in the catalog
+
+
 def write_sweep(
     path: Path,
     *,
@@ -119,8 +122,14 @@ def write_sweep(
     token_env: str = "RELIAB_TOKEN",
     output: str = "results/out/{run_id}/{combo_id}.csv",
     extra: str = "",
+    target: Literal["dataset", "flow", "plan"] = "dataset",
 ) -> Path:
-    """Write a sweep file for dataset 33 pointed at ``base_url``; returns its path."""
+    """Write a sweep file pointed at ``base_url``; returns its path.
+
+    ``target``: recipe 33 (``dataset``); flow 12 (recipes 33 and 1; ``output`` is recipe 33's,
+    POS-regions); or plan 5 (flows 12 and 13; a plan takes no overrides, so no ``output``, and
+    runs one POST at a time: ``run.concurrency`` 1).
+    """
 
     def table(name: str, values: Mapping[str, object]) -> str:
         lines = [f"[{name}]"]
@@ -136,7 +145,7 @@ def write_sweep(
 
     run_table = {
         "rate": "6000/min",
-        "concurrency": 4,
+        "concurrency": 1 if target == "plan" else 4,
         "poll_interval": "0.1s",
         "poll_max_interval": "0.5s",
         "max_polls_per_second": 200,
@@ -145,10 +154,23 @@ def write_sweep(
         **(run or {}),
     }
     retry_table = {"attempts": 4, "max_wait": "0.05s", "total": "5s", **(retry or {})}
+    where = {"dataset": "overrides", "flow": 'overrides."POS-regions"'}.get(target)
+    overrides = (
+        f"""\
+[[{where}.writeSettings]]
+path = "{output}"
+action = "create"
+format = "csv"
+header = true
+asSingleFile = true
+"""
+        if where
+        else ""
+    )
     text = f"""\
 [sweep]
 name = "{name}"
-dataset = 33
+{target} = {TARGET_IDS[target]}
 
 [api]
 base_url = "{base_url}"
@@ -158,13 +180,7 @@ timeout = "10s"
 [matrix]
 {textwrap.dedent(matrix).strip()}
 
-[[overrides.writeSettings]]
-path = "{output}"
-action = "create"
-format = "csv"
-header = true
-asSingleFile = true
-
+{overrides}
 {table("run", run_table)}
 
 {table("retry", retry_table)}
@@ -206,7 +222,8 @@ def emulator_app(workdir: Path, **settings: Any) -> Any:
 
 
 def oracle(app: Any, what: str = "stats") -> Any:
-    """GET /_emulator/<what> from an in-process app (``stats`` or ``jobGroups``)."""
+    """GET /_emulator/<what> from an in-process app: ``stats``, or the list of a listing
+    (``jobGroups``, ``flowRuns``, ``planRuns``)."""
     import asyncio
 
     async def get() -> Any:
@@ -215,7 +232,7 @@ def oracle(app: Any, what: str = "stats") -> Any:
             return (await client.get(f"/_emulator/{what}")).json()
 
     data = asyncio.run(get())
-    return data["data"] if what == "jobGroups" else data
+    return data if what == "stats" else data["data"]
 
 
 def run_library(

@@ -187,13 +187,8 @@ def test_sigkill_a_flow_sweep_then_resume_starts_each_flow_run_once(tmp_path: Pa
                 "settle": f"{LATENCY_MAX + 0.5}s",
             },
             retry={"attempts": 10, "max_wait": "1s", "total": "30s", "budget": 2.0},
+            target="flow",  # flow 12 runs recipes 33 and 1, each with its own output
         )
-        # A flow instead of a recipe: flow 12 runs recipes 33 and 1, each with its own output.
-        text = config.read_text(encoding="utf-8").replace("dataset = 33", "flow = 12")
-        text = text.replace(
-            "[[overrides.writeSettings]]", '[[overrides."POS-regions".writesettings]]'
-        )
-        config.write_text(text, encoding="utf-8")
         env = {**os.environ, "RELIAB_TOKEN": "chaos-token"}
         argv = sweeper_argv("run", str(config), "--run-id", "chaos", "-q")
         for _ in range(3):
@@ -293,11 +288,8 @@ def test_sigkill_a_plan_sweep_mid_post_then_resume_starts_each_plan_run_once(
                 "settle": f"{high + 0.5}s",
             },
             retry={"attempts": 10, "max_wait": "1s", "total": "30s", "budget": 2.0},
+            target="plan",  # plan 5 runs flows 12 and 13; it takes no overrides
         )
-        # A plan instead of a recipe: plan 5 runs flows 12 and 13. It takes no overrides.
-        head, tail = config.read_text(encoding="utf-8").split("[[overrides.writeSettings]]")
-        text = head.replace("dataset = 33", "plan = 5") + tail[tail.index("[run]") :]
-        config.write_text(text, encoding="utf-8")
         ledger = project / "results" / "planchaos.csv"
         env = {**os.environ, "RELIAB_TOKEN": "chaos-token"}
         argv = sweeper_argv("run", str(config), "--run-id", "chaos", "-q")

@@ -26,11 +26,8 @@ class Crash(Exception):
 def _flow_sweep(project: Path, **kwargs: Any) -> Path:
     kwargs.setdefault("matrix", TWO)
     kwargs.setdefault("run", {"concurrency": 1})
-    path = write_sweep(project / "configs" / "f.toml", name="f", base_url="embedded", **kwargs)
-    text = path.read_text().replace("dataset = 33", "flow = 12")
-    text = text.replace("[[overrides.writeSettings]]", '[[overrides."POS-regions".writeSettings]]')
-    path.write_text(text)
-    return path
+    path = project / "configs" / "f.toml"
+    return write_sweep(path, name="f", base_url="embedded", target="flow", **kwargs)
 
 
 def _config(tmp_path: Path, sweep: str, rest: str = "") -> Path:
@@ -110,7 +107,7 @@ def test_flow_sweep_records_every_job_group_and_a_rerun_submits_nothing(project:
     config = _flow_sweep(project)
     summary, _ = run_library(config, httpx.ASGITransport(app=app))
     assert summary.exit_code == 0 and summary.succeeded == 2
-    runs = {r["id"]: r["jobGroupIds"] for r in oracle(app, "flowRuns")["data"]}
+    runs = {r["id"]: r["jobGroupIds"] for r in oracle(app, "flowRuns")}
     finished = [r for r in _flow_rows(project) if r.event is Event.FINISHED]
     assert {r.flow_run_id: list(r.job_group_ids) for r in finished} == runs
     assert all(len(r.job_group_ids) == 2 and r.status == "Complete" for r in finished)
@@ -160,7 +157,7 @@ def test_crash_mid_post_then_resume_creates_each_flow_run_once(
 
     summary, _ = run_library(config, httpx.ASGITransport(app=app))
     assert summary.exit_code == 0 and summary.succeeded == 2
-    runs = oracle(app, "flowRuns")["data"]
+    runs = oracle(app, "flowRuns")
     assert len(runs) == 2  # one per combination: nothing created twice
     assert oracle(app)["created"] == 4
     rows = [r for r in _flow_rows(project) if r.combo_id == intent.combo_id]

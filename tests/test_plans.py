@@ -83,7 +83,7 @@ def test_a_plan_sweep_records_each_run_and_a_rerun_submits_nothing(project: Path
     config = _plan_sweep(project)
     summary, _ = run_library(config, httpx.ASGITransport(app=app))
     assert summary.exit_code == 0 and summary.succeeded == 2
-    runs = oracle(app, "planRuns")["data"]
+    runs = oracle(app, "planRuns")
     assert [r["body"] for r in runs] == [{}, {}]  # the documented runPlan body: empty
     finished = [r for r in _rows(project) if r.event is Event.FINISHED]
     assert {r.flow_run_id for r in finished} == {r["id"] for r in runs}
@@ -135,7 +135,7 @@ def test_crash_mid_post_then_resume_creates_each_plan_run_once(
 
     summary, _ = run_library(config, httpx.ASGITransport(app=app))
     assert summary.exit_code == 0 and summary.succeeded == 2
-    runs = oracle(app, "planRuns")["data"]
+    runs = oracle(app, "planRuns")
     assert len(runs) == 2  # one per combination: nothing created twice
     rows = [r for r in _rows(project) if r.combo_id == intent.combo_id]
     assert {r.execution_id for r in rows} == {intent.execution_id}
