@@ -210,6 +210,88 @@ def test_dropped_connection_after_creating(tmp_path: Path) -> None:
         assert stats["faults_served"] == {"drop_after": 1}
 
 
+# Each run endpoint's oracle: the counter of POSTs it received, its admin listing, the counter
+# of what it created.
+RUN_ORACLE = {
+    "runJobGroup": ("posts_received", "jobGroups", "created"),
+    "runFlow": ("flow_posts_received", "flowRuns", "flow_runs_created"),
+    "runPlan": ("plan_posts_received", "planRuns", "plan_runs_created"),
+}
+# Each POST fault at rate 1.0, and whether the POST it hits creates what it asked for.
+RUN_FAULTS = {
+    "rate_limit": (FaultSettings(rate_limit_rate=1.0, rate_limit_retry_after=7), False),
+    "error_before": (FaultSettings(error_before_rate=1.0, error_status=503), False),
+    "error_after": (FaultSettings(error_after_rate=1.0, error_status=502), True),
+    "drop_after": (FaultSettings(drop_after_rate=1.0), True),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fault", list(RUN_FAULTS))
+@pytest.mark.parametrize("endpoint", list(QUOTAS))
+def test_every_run_endpoint_takes_the_post_faults_alike(
+    tmp_path: Path, endpoint: str, fault: str
+) -> None:
+    """runJobGroup, runFlow and runPlan answer each POST fault at the same step: an injected 429
+    in the endpoint's own bucket and not counted against it; a 5xx before creating, counted,
+    nothing created; a 5xx or a dropped connection after creating: the run exists, and the
+    resend with the same execution id gets 304."""
+    _, _, route, body, limit = QUOTAS[endpoint]
+    received, listing, counter = RUN_ORACLE[endpoint]
+    faults, creates = RUN_FAULTS[fault]
+    state = tmp_path / "emulator.sqlite"
+    xid = {"x-execution-id": f"{endpoint}-{fault}"}
+    with (
+        running_emulator(settings(tmp_path, state_path=state, faults=faults)) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=5) as client,
+    ):
+        if fault == "drop_after":
+            with pytest.raises(httpx.RemoteProtocolError):
+                client.post(route, json=body, headers=xid)
+        else:
+            answer = client.post(route, json=body, headers=xid)
+        stats = client.get("/_emulator/stats").json()
+        runs = client.get(f"/_emulator/{listing}").json()["data"]
+        resend = client.post(route, json=body, headers=xid)
+
+    assert stats[received] == 1 and stats["faults_served"] == {fault: 1}
+    assert [r["executionId"] for r in runs] == ([xid["x-execution-id"]] if creates else [])
+    assert stats[counter] == int(creates) and (stats["created"] > 0) == creates
+    if creates:  # only the POST that created is hit; the resend learns that the run exists
+        assert resend.status_code == 304
+    else:
+        assert resend.status_code == answer.status_code
+    if fault == "error_before" or fault == "error_after":
+        assert answer.status_code == faults.error_status
+        problem = answer.json()["exception"]
+        assert problem["name"] == "InternalServerError"
+        assert problem["details"].startswith(f"Injected fault {fault.split('_')[1]} creating")
+    if fault == "rate_limit":
+        assert answer.status_code == 429 and "retry-after" not in answer.headers
+        assert answer.headers["x-retry-after"] == "7"
+        assert answer.headers["x-rate-limit-user-limit"] == str(limit)
+        assert answer.headers["x-rate-limit-user-remaining"] == "0"
+        assert answer.json()["exception"] == {
+            "name": "TooManyRequestsException",
+            "message": "Too Many Requests",
+            "details": f'API quota reached for "{endpoint}". Wait 7 seconds before making a '
+            f"new request. (Max. {limit} requests allowed per minute per user.)",
+        }
+        assert stats["served_429"] == 1
+        assert stats["served_429_run_flow"] == int(endpoint == "runFlow")
+        assert stats["served_429_run_plan"] == int(endpoint == "runPlan")
+
+    # The same server without faults: its quota counted both POSTs, except injected 429s.
+    with (
+        running_emulator(settings(tmp_path, state_path=state)) as url,
+        httpx.Client(base_url=url, headers=AUTH, timeout=5) as client,
+    ):
+        healthy = client.post(route, json=body)
+    counted = 0 if fault == "rate_limit" else 2
+    assert healthy.status_code == 201, healthy.text
+    assert healthy.headers["x-rate-limit-user-remaining"] == str(limit - counted - 1)
+
+
 def test_latency_makes_a_short_client_timeout_fire(tmp_path: Path) -> None:
     faults = FaultSettings(latency={"post": (0.4, 0.4)})
     with running_emulator(settings(tmp_path, faults=faults)) as url:

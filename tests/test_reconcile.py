@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -287,3 +287,50 @@ def test_a_lost_ledger_is_rebuilt_from_the_platform_without_creating_anything(
     rows = read_ledger(Path("results/s.csv"))
     found = {r.combo_id: r.job_group_id for r in rows if r.event is Event.DUPLICATE}
     assert len(found) == 6 and all(found.values())
+
+
+TWELVE = 'Region = ["01", "02", "03", "04", "05", "06"]\nvarReferenceType = ["PROD", "TEST"]'
+# Per target: the oracle's listing of what a POST creates, and the ledger column of its id.
+CREATED = {
+    "dataset": ("jobGroups", "job_group_id"),
+    "flow": ("flowRuns", "flow_run_id"),
+    "plan": ("planRuns", "flow_run_id"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("target", list(CREATED))
+def test_created_then_500_and_dropped_connections_create_each_run_once(
+    project: Path, target: Literal["dataset", "flow", "plan"]
+) -> None:
+    """30 % of the POSTs that create answer 500 and 10 % drop the connection (seeded): every
+    resend carries the same execution id, gets 304 and the lookup finds the run. The sweep ends
+    with exit 0 after at most one resume; each combination's job group, flow run or plan run
+    exists exactly once, and the ledger holds its id."""
+    app = emulator_app(
+        project / "emu", faults=FaultSettings(error_after_rate=0.3, drop_after_rate=0.1, seed=7)
+    )
+    config = write_sweep(
+        project / "configs" / "s.toml", name="s", base_url="embedded", matrix=TWELVE, target=target
+    )
+    summary, _ = run_library(config, httpx.ASGITransport(app=app))
+    if summary.exit_code != 0:  # at most one resume
+        summary, _ = run_library(config, httpx.ASGITransport(app=app))
+    assert summary.exit_code == 0, summary
+    stats = oracle(app)
+    faults = stats["faults_served"]
+    assert faults.get("error_after", 0) > 0 and faults.get("drop_after", 0) > 0, faults
+    assert stats["served_304"] >= faults["error_after"] + faults["drop_after"]
+
+    listing, column = CREATED[target]
+    runs = oracle(app, listing)
+    rows = read_ledger(Path("results/s.csv"))
+    last = {r.combo_id: r for r in rows}
+    assert len(last) == 12
+    assert len({(r.combo_id, r.execution_id) for r in rows}) == 12  # one identity each
+    # The oracle: one run per combination, under its execution id, and nothing else.
+    assert Counter(r["executionId"] for r in runs) == Counter(r.execution_id for r in last.values())
+    run_of = {r["executionId"]: r["id"] for r in runs}
+    for row in last.values():
+        assert row.event is Event.FINISHED and row.status == "Complete", row
+        assert getattr(row, column) == run_of[row.execution_id], row
