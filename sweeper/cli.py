@@ -614,6 +614,23 @@ def emulator() -> None:
     help="How many times faster than real time the emulator's clock runs: 2 makes jobs take half "
     "as long, 0.5 twice as long (more than 0).",
 )
+@click.option(
+    "--access-token-seconds",
+    type=_FloatRange(min=1.0),
+    default=300.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long an access token issued by POST /as/token is accepted, in real seconds "
+    "(at least 1; Designer Cloud: 300). Not changed by --time-scale.",
+)
+@click.option(
+    "--oauth-refresh-token-env",
+    "oauth_refresh_token_env",
+    metavar="VAR",
+    default=None,
+    help="POST /as/token first accepts only the refresh token held in this environment "
+    "variable (default: any refresh token it has not seen, once).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for fault injection.")
 def emulator_serve(
     host: str,
@@ -630,6 +647,8 @@ def emulator_serve(
     plan_quota_workspace: int,
     output_root: Path,
     time_scale: float,
+    access_token_seconds: float,
+    oauth_refresh_token_env: str | None,
     seed: int,
 ) -> None:
     """Serve the emulator over HTTP until Ctrl-C or SIGTERM.
@@ -648,6 +667,11 @@ def emulator_serve(
         token = os.environ.get(token_env) if token_env else None
         if token_env and not token:
             raise ConfigError(f"--token-env names ${token_env}, but it is not set.")
+        refresh_token = os.environ.get(oauth_refresh_token_env) if oauth_refresh_token_env else None
+        if oauth_refresh_token_env and not refresh_token:
+            raise ConfigError(
+                f"--oauth-refresh-token-env names ${oauth_refresh_token_env}, but it is not set."
+            )
         settings = EmulatorSettings(
             state_path=state,
             catalog_path=catalog,
@@ -662,6 +686,8 @@ def emulator_serve(
             output_root=output_root,
             time_scale=time_scale,
             seed=seed,
+            oauth_refresh_token=refresh_token,
+            access_token_seconds=access_token_seconds,
         )
         demo_token = token_source.token_urlsafe(16)
 

@@ -69,9 +69,8 @@ class OAuthIssuer:
                 "SELECT used FROM oauth_tokens WHERE digest = ? AND kind = 'refresh'",
                 (_digest(refresh_token),),
             ).fetchone()
-            if row is None and not self.open:
-                return None
-            if row is not None and row["used"]:
+            if (row is None and not self.open) or (row is not None and row["used"]):
+                Store.bump(conn, "oauth_refreshes_refused")
                 return None
             conn.execute(
                 "INSERT OR REPLACE INTO oauth_tokens (digest, kind, used) VALUES (?, 'refresh', 1)",

@@ -115,6 +115,8 @@ async def oracle_stats(request: Request) -> Response:
             "plan_posts_received": counters.get("plan_posts_received", 0),
             "plan_runs_created": int(store.query("SELECT count(*) FROM plan_runs")[0][0]),
             "served_429_run_plan": counters.get("served_429:runPlan", 0),
+            "oauth_refreshes": counters.get("oauth_refreshes", 0),
+            "oauth_refreshes_refused": counters.get("oauth_refreshes_refused", 0),
             "faults_served": {
                 name.split(":", 1)[1]: value
                 for name, value in sorted(counters.items())
