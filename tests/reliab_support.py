@@ -46,12 +46,15 @@ def served_emulator(
     faults: str | None = None,
     token: str | None = None,
     args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
     start_timeout: float = 30.0,
 ) -> Iterator[str]:
     """Serve the emulator from a subprocess on a free loopback port; yield its base URL.
 
     ``faults`` is the text of a faults TOML file (docs/emulator.md); ``token``, when given, is the
-    only bearer token the server accepts. The server is stopped (SIGTERM, then SIGKILL) on exit.
+    only bearer token the server accepts; ``env`` adds variables to the server's environment (for
+    options that name one, such as ``--oauth-refresh-token-env``). The server is stopped
+    (SIGTERM, then SIGKILL) on exit.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     argv = sweeper_argv(
@@ -65,16 +68,16 @@ def served_emulator(
         str(workdir / "emulator-output"),
         *args,
     )
-    env = dict(os.environ)
+    server_env = {**os.environ, **(env or {})}
     if faults is not None:
         path = workdir / "faults.toml"
         path.write_text(textwrap.dedent(faults), encoding="utf-8")
         argv += ["--faults", str(path)]
     if token is not None:
-        env["RELIAB_EMULATOR_TOKEN"] = token
+        server_env["RELIAB_EMULATOR_TOKEN"] = token
         argv += ["--token-env", "RELIAB_EMULATOR_TOKEN"]
     log = (workdir / "emulator.log").open("w+", encoding="utf-8")
-    proc = subprocess.Popen(argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(argv, cwd=workdir, env=server_env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + start_timeout
         url = None
@@ -123,12 +126,14 @@ def write_sweep(
     output: str = "results/out/{run_id}/{combo_id}.csv",
     extra: str = "",
     target: Literal["dataset", "flow", "plan"] = "dataset",
+    api: Mapping[str, object] | None = None,
 ) -> Path:
     """Write a sweep file pointed at ``base_url``; returns its path.
 
     ``target``: recipe 33 (``dataset``); flow 12 (recipes 33 and 1; ``output`` is recipe 33's,
     POS-regions); or plan 5 (flows 12 and 13; a plan takes no overrides, so no ``output``, and
-    runs one POST at a time: ``run.concurrency`` 1).
+    runs one POST at a time: ``run.concurrency`` 1). ``api`` adds keys to the ``[api]`` table
+    (``auth``, ``token_url``, ``token_file``, ...).
     """
 
     def table(name: str, values: Mapping[str, object]) -> str:
@@ -167,15 +172,13 @@ asSingleFile = true
         if where
         else ""
     )
+    api_table = {"base_url": base_url, "token_env": token_env, "timeout": "10s", **(api or {})}
     text = f"""\
 [sweep]
 name = "{name}"
 {target} = {TARGET_IDS[target]}
 
-[api]
-base_url = "{base_url}"
-token_env = "{token_env}"
-timeout = "10s"
+{table("api", api_table)}
 
 [matrix]
 {textwrap.dedent(matrix).strip()}

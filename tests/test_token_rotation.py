@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import itertools
 import logging
 import os
+import re
+import sqlite3
 import stat
+import subprocess
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -22,8 +28,11 @@ from sweeper.client import DataprepClient
 from sweeper.config import ApiSettings
 from sweeper.emulator import EmulatorSettings, create_app
 from sweeper.errors import AuthError
+from sweeper.ledger import current_state, read_ledger, state_of
+from sweeper.state import State
 from tests.conftest import FAST_RUN
 from tests.emulator_server import FakeClock
+from tests.reliab_support import created_groups, served_emulator, stats, sweeper_argv, write_sweep
 
 FIRST = "first-refresh-token-0123456789"
 BASE = "http://127.0.0.1"
@@ -101,6 +110,8 @@ def test_the_token_endpoint_rotates_and_its_access_tokens_are_accepted(tmp_path:
             nxt = await c.post("/as/token", data=form | {"refresh_token": pair["refresh_token"]})
             assert nxt.status_code == 200
             assert (await c.post("/as/token", data={"grant_type": "password"})).status_code == 400
+            counts = (await c.get("/_emulator/stats")).json()
+            assert (counts["oauth_refreshes"], counts["oauth_refreshes_refused"]) == (2, 2)
 
     asyncio.run(go())
 
@@ -108,6 +119,7 @@ def test_the_token_endpoint_rotates_and_its_access_tokens_are_accepted(tmp_path:
 def test_two_sweeps_in_two_threads_keep_working_from_one_rotating_token_file(
     tmp_path: Path,
 ) -> None:
+    """Two sweeps in one process, every request refreshing first: quick, with an exact count."""
     app = _app(tmp_path)
     path = _token_file(tmp_path)
     results: dict[str, list[Any]] = {}
@@ -263,3 +275,136 @@ def test_a_sweep_whose_refresh_token_is_dead_stops_with_exit_1_naming_the_file(
     assert int(summary.exit_code) == 1
     assert str(path) in summary.aborted and "revoked-refresh-token-0123" not in summary.aborted
     assert "401" in summary.aborted  # the token endpoint's answer, reported once
+
+
+# Two `sweeper run` processes, one token file, the emulator served in a third process. ------------
+
+# The emulator's access tokens live 30 s, and sweeper refreshes 30 s before an access token
+# expires: so every request of both processes refreshes first, about 60 refreshes each over the
+# 3 s the sweeps submit, interleaved. (31 s would refresh about once a second per process, and a
+# broken lock would pass in about half the runs.)
+ACCESS_SECONDS = 30
+PER_SWEEP = 32  # combinations of each sweep
+SWEEPS = {"north": '["01", "02", "03", "04"]', "south": '["05", "06", "07", "08"]'}
+# Tokens the emulator issues are secrets.token_urlsafe(32): 43 characters of this alphabet.
+_TOKEN_LENGTH = 43
+_URLSAFE_RUN = re.compile(rf"[A-Za-z0-9_-]{{{_TOKEN_LENGTH},}}")
+_TOKEN_CALL = re.compile(r'HTTP Request: POST \S+/as/token "HTTP/1\.1 (\d{3})')
+
+
+def _issued_tokens_in(text: str, digests: set[str]) -> int:
+    """How many tokens the emulator issued (known by their SHA-256) appear in ``text``."""
+    found = 0
+    for run in _URLSAFE_RUN.findall(text):
+        for start in range(len(run) - _TOKEN_LENGTH + 1):
+            window = run[start : start + _TOKEN_LENGTH]
+            found += hashlib.sha256(window.encode()).hexdigest() in digests
+    return found
+
+
+def _issued_digests(state: Path) -> set[str]:
+    """The SHA-256 of every access and refresh token the emulator issued (it stores no token)."""
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as conn:
+        return {str(row[0]) for row in conn.execute("SELECT digest FROM oauth_tokens")}
+
+
+@pytest.mark.timeout(90)
+def test_two_sweep_processes_keep_working_from_one_rotating_token_file(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir(mode=0o700)
+    path = _token_file(secrets_dir)
+    server = tmp_path / "server"
+    with served_emulator(
+        server,
+        token="static-token-no-sweep-knows-0123",  # so only issued access tokens are accepted
+        args=[
+            *("--quota-user", "0", "--quota-workspace", "0", "--time-scale", "4"),
+            *("--access-token-seconds", str(ACCESS_SECONDS)),
+            *("--oauth-refresh-token-env", "ROTATION_FIRST_REFRESH_TOKEN"),
+        ],
+        env={"ROTATION_FIRST_REFRESH_TOKEN": FIRST},
+    ) as url:
+        project = tmp_path / "project"
+        configs = {
+            name: write_sweep(
+                project / f"{name}.toml",
+                name=name,
+                base_url=url,
+                matrix=f"Region = {regions}\nbatch = {{ start = 1, end = {PER_SWEEP // 4} }}",
+                run={"rate": "600/min", "concurrency": 4},
+                token_env="ROTATION_ACCESS_TOKEN",  # unset: every access token is refreshed
+                api={"auth": "oauth", "token_url": f"{url}/as/token", "token_file": str(path)},
+            )
+            for name, regions in SWEEPS.items()
+        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DATAPREP_", "ROTATION_"))}
+        env["DATAPREP_CLIENT_ID"] = "sweeper-rotation-test"
+        logs: list[IO[bytes]] = []
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name, config in configs.items():
+                out = (tmp_path / f"{name}.stdout").open("wb")
+                err = (tmp_path / f"{name}.stderr").open("wb")
+                logs += [out, err]
+                # -vv: httpx logs every token-endpoint call, and more text to search for tokens.
+                argv = sweeper_argv("run", str(config), "--run-id", "r1", "-vv")
+                procs[name] = subprocess.Popen(argv, cwd=project, env=env, stdout=out, stderr=err)
+            deadline = time.monotonic() + 60
+            codes = {
+                name: proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                for name, proc in procs.items()
+            }
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            for handle in logs:
+                handle.close()
+        output = {
+            name: (tmp_path / f"{name}.stdout").read_text("utf-8", "replace")
+            + (tmp_path / f"{name}.stderr").read_text("utf-8", "replace")
+            for name in SWEEPS
+        }
+        counters = stats(url)
+        groups = created_groups(url)
+        digests = _issued_digests(server / "emulator.sqlite")
+        final = path.read_text(encoding="utf-8").strip()
+        # The token file holds the one live refresh token: the emulator accepts it now.
+        form = {"grant_type": "refresh_token", "refresh_token": final, "client_id": "check"}
+        live = httpx.post(f"{url}/as/token", data=form, timeout=10)
+
+    for name, code in codes.items():
+        assert code == 0, f"{name} exited {code}:\n{output[name][-3000:]}"
+    # Every combination of both sweeps succeeded, and the emulator created each exactly once.
+    for name in SWEEPS:
+        ledger = project / "results" / f"{name}.csv"
+        states = Counter(state_of(row) for row in current_state(read_ledger(ledger)).values())
+        assert states == {State.SUCCEEDED: PER_SWEEP}, (name, states)
+    per_combo = Counter(tuple(sorted(g["params"].items())) for g in groups)
+    assert len(per_combo) == 2 * PER_SWEEP and set(per_combo.values()) == {1}, per_combo
+    assert counters["created"] == 2 * PER_SWEEP
+    assert counters["duplicate_creations_by_params"] == 0
+    # The refresh token rotated many times, from both processes, and no refresh was refused.
+    refreshes = {name: Counter(_TOKEN_CALL.findall(text)) for name, text in output.items()}
+    print(f"token endpoint answers per process: {refreshes}; emulator: {counters}")
+    assert all(set(calls) == {"200"} for calls in refreshes.values()), refreshes
+    assert all(calls["200"] >= 3 for calls in refreshes.values()), refreshes
+    assert counters["oauth_refreshes"] == sum(c["200"] for c in refreshes.values()), counters
+    assert counters["oauth_refreshes_refused"] == 0
+    assert live.status_code == 200, live.text
+    assert final != FIRST
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in secrets_dir.iterdir()) == ["refresh-token", "refresh-token.lock"]
+    # No token, issued or the first, in what either process printed or any file a sweep wrote.
+    assert len(digests) >= 2 * counters["oauth_refreshes"]
+    assert _issued_tokens_in(f"leaked:{final}.", digests) == 1  # the search does find one
+    written = {
+        str(p.relative_to(project)): p.read_text("utf-8", "replace")
+        for p in (project / "results").rglob("*")
+        if p.is_file()
+    }
+    assert any(name.endswith("north.csv") for name in written), sorted(written)
+    for where, text in {**output, **written}.items():
+        assert FIRST not in text and final not in text, where
+        assert _issued_tokens_in(text, digests) == 0, where
