@@ -375,7 +375,8 @@ def test_two_sweep_processes_keep_working_from_one_rotating_token_file(tmp_path:
         live = httpx.post(f"{url}/as/token", data=form, timeout=10)
 
     for name, code in codes.items():
-        assert code == 0, f"{name} exited {code}:\n{output[name][-3000:]}"
+        stdout = (tmp_path / f"{name}.stdout").read_text("utf-8", "replace")
+        assert code == 0, f"{name} exited {code}:\n{stdout}\n...{output[name][-2000:]}"
     # Every combination of both sweeps succeeded, and the emulator created each exactly once.
     for name in SWEEPS:
         ledger = project / "results" / f"{name}.csv"
