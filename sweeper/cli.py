@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
@@ -521,6 +521,30 @@ def emulator() -> None:
     """The built-in Dataprep v4 API emulator."""
 
 
+# The emulator's per-minute quotas per endpoint, per user and per workspace: the platform's,
+# which are EmulatorSettings' defaults too (importing those here would load Starlette for --help).
+EMULATOR_QUOTAS = (
+    ("quota", "runJobGroup", 30, 60),
+    ("flow-quota", "runFlow", 20, 40),
+    ("plan-quota", "runPlan", 30, 60),
+)
+_Command = TypeVar("_Command", bound=Callable[..., Any])
+
+
+def _quota_options(command: _Command) -> _Command:
+    """``--quota-user``, ``--quota-workspace`` and the runFlow and runPlan pairs, in that order."""
+    for prefix, endpoint, user, workspace in reversed(EMULATOR_QUOTAS):
+        for scope, default in (("workspace", workspace), ("user", user)):
+            command = click.option(
+                f"--{prefix}-{scope}",
+                type=_IntRange(min=0),
+                default=default,
+                show_default=True,
+                help=f"{endpoint} requests per {scope} per minute (0: no quota).",
+            )(command)
+    return command
+
+
 @emulator.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -556,48 +580,7 @@ def emulator() -> None:
     help="Require the token held in this environment variable (default: accept any "
     "token). The token itself is never taken on the command line.",
 )
-@click.option(
-    "--quota-user",
-    type=_IntRange(min=0),
-    default=30,
-    show_default=True,
-    help="runJobGroup requests per user per minute (0: no quota).",
-)
-@click.option(
-    "--quota-workspace",
-    type=_IntRange(min=0),
-    default=60,
-    show_default=True,
-    help="runJobGroup requests per workspace per minute (0: no quota).",
-)
-@click.option(
-    "--flow-quota-user",
-    type=_IntRange(min=0),
-    default=20,
-    show_default=True,
-    help="runFlow requests per user per minute (0: no quota).",
-)
-@click.option(
-    "--flow-quota-workspace",
-    type=_IntRange(min=0),
-    default=40,
-    show_default=True,
-    help="runFlow requests per workspace per minute (0: no quota).",
-)
-@click.option(
-    "--plan-quota-user",
-    type=_IntRange(min=0),
-    default=30,
-    show_default=True,
-    help="runPlan requests per user per minute (0: no quota).",
-)
-@click.option(
-    "--plan-quota-workspace",
-    type=_IntRange(min=0),
-    default=60,
-    show_default=True,
-    help="runPlan requests per workspace per minute (0: no quota).",
-)
+@_quota_options
 @click.option(
     "--output-root",
     type=click.Path(file_okay=False, path_type=Path),

@@ -403,3 +403,13 @@ def test_concurrent_duplicates_on_two_servers_sharing_a_state_file(tmp_path: Pat
             codes = sorted(pool.map(send, [a, b] * 4))
         assert codes == [201] + [304] * 7
         assert httpx.get(f"{a}/_emulator/stats").json()["created"] == 1
+
+
+def test_the_serve_quota_defaults_are_the_settings_defaults() -> None:
+    from sweeper.cli import EMULATOR_QUOTAS
+
+    settings = EmulatorSettings()
+    for prefix, _endpoint, user, workspace in EMULATOR_QUOTAS:
+        field = prefix.replace("-", "_")
+        assert getattr(settings, f"{field}_user_per_min") == user
+        assert getattr(settings, f"{field}_workspace_per_min") == workspace
