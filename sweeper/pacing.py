@@ -176,11 +176,11 @@ class PollSchedule:
     ``batched`` (status read in job-library pages): every read lands on one clock that ticks
     every ``interval`` seconds (multiples of ``interval`` on ``clock``, the event loop's clock by
     default), so all groups due at a tick share that tick's page, and the run reads at most one
-    round of pages per tick. A group is read again after
-    max(``interval``, 5 % of its age), at most ``cap``, rounded down to a tick: an end is noticed
-    within max(``interval``, 5 % of the run time). Not batched (one GET per group): the delays
-    back off from ``interval`` by 1.5 up to ``cap`` (``poll_delays``), aligned to a grid.
-    ``started`` is when the group was submitted, on ``clock``.
+    round of pages per tick. A group is read again after max(``interval``, 5 % of its age), at
+    most ``cap``, rounded down to a tick: an end is noticed within max(``interval``, 5 % of the
+    run time). Not batched (one GET per group): the delays back off from ``interval`` by 1.5 up
+    to ``cap`` (``poll_delays``), aligned to a grid. ``started`` is when the group was
+    submitted, on ``clock``.
     """
 
     def __init__(
