@@ -53,7 +53,7 @@ def too_large(limit: int) -> ApiProblem:
         413,
         "PayloadTooLarge",
         "Request body too large",
-        f"The request body is larger than {limit} bytes; a runJobGroup body is a few KB.",
+        f"The request body is larger than {limit} bytes; a run request body is a few KB.",
     )
 
 
