@@ -273,18 +273,7 @@ class Submitter:
         event = Event.RECONCILED if item.action is Action.RESEND else Event.DUPLICATE
         found = await self._lookup(item)
         if found is None:
-            journal.write(
-                item,
-                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
-                error="the server already has this execution id (304), but no job group "
-                "matched in its listing; check the platform's job history",
-                **common,
-            )
-            journal.emit(
-                EventKind.IN_DOUBT,
-                f"{describe(item.combo)}: exists on the server (304), id unknown",
-                item,
-            )
+            self._unfound(item, "no job group matched in its listing", "id", common)
             return None
         journal.write(
             item,
@@ -346,18 +335,7 @@ class Submitter:
             log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
             run_id = None
         if run_id is None or not groups:
-            journal.write(
-                item,
-                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
-                error="the server already has this execution id (304), but no flow run "
-                "matched in its job listing; check the platform's job history",
-                **common,
-            )
-            journal.emit(
-                EventKind.IN_DOUBT,
-                f"{describe(item.combo)}: exists on the server (304), flow run id unknown",
-                item,
-            )
+            self._unfound(item, "no flow run matched in its job listing", "flow run id", common)
             return None
         journal.write(
             item,
@@ -406,17 +384,11 @@ class Submitter:
         except ApiError as exc:
             log.warning("lookup of %s failed: %s", item.combo.combo_id, exc)
         if run_id is None:
-            journal.write(
+            self._unfound(
                 item,
-                Event.DUPLICATE,  # the server has it, the id is unknown: in doubt
-                error="the server already has this execution id (304), but no single plan run "
-                "since the first attempt is unaccounted for; check the plan's run history",
-                **common,
-            )
-            journal.emit(
-                EventKind.IN_DOUBT,
-                f"{describe(item.combo)}: exists on the server (304), plan run id unknown",
-                item,
+                "no single plan run since the first attempt is unaccounted for",
+                "plan run id",
+                common,
             )
             return None
         self.known_runs.add(run_id)
@@ -427,6 +399,24 @@ class Submitter:
             item,
         )
         return run_id
+
+    def _unfound(
+        self, item: PlannedCombination, why: str, unknown: str, common: dict[str, Any]
+    ) -> None:
+        """Record a 304 whose lookup found nothing: the server has it, so it is in doubt (a
+        ``duplicate`` row without an id), and a resume asks again with the same execution id."""
+        self.journal.write(
+            item,
+            Event.DUPLICATE,
+            error=f"the server already has this execution id (304), but {why}; check the "
+            "platform's job history",
+            **common,
+        )
+        self.journal.emit(
+            EventKind.IN_DOUBT,
+            f"{describe(item.combo)}: exists on the server (304), {unknown} unknown",
+            item,
+        )
 
     def _lookup_since(self, item: PlannedCombination) -> str:
         """How far back the group of a 304 can have been created, as an ISO timestamp.
