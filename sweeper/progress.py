@@ -9,6 +9,8 @@ the terminal, and the plain form contains no control characters at all.
 from __future__ import annotations
 
 import collections
+import io
+import logging
 import statistics
 import sys
 import threading
@@ -217,8 +219,25 @@ class _Counts:
         return Text(self.tally.counts_line(), style="dim", no_wrap=True, overflow="ellipsis")
 
 
+class _ConsoleWriter(io.TextIOBase):
+    """A stream for logging handlers that prints each line through the live display's console,
+    so log lines scroll above the bar instead of being written into the middle of it."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            self.console.print(Text(printable(line)), highlight=False)
+        return len(text)
+
+
 class RunProgress:
     """Shows a run's events on ``stream`` (stderr): live on a terminal, plain lines elsewhere.
+
+    While the live display runs, the root logger's handlers that write to ``stream`` write
+    through its console instead (``-v`` lines scroll above the bar; the handlers themselves, and
+    so their filters, stay as they are), and get their stream back when it stops.
 
     ``verbose`` prints every event as a line, ``quiet`` only errors (no display, no summary).
     ``terminal`` overrides the TTY test; ``console`` replaces the rich console (tests).
@@ -260,6 +279,7 @@ class RunProgress:
                 auto_refresh=False,
             )
             self._task = self._bar.add_task("sweeper", total=None)
+            self._rerouted: list[logging.StreamHandler[TextIO]] = []
             self.live = Live(
                 Group(self._bar, _Counts(self.tally)),
                 console=self.console,
@@ -268,6 +288,7 @@ class RunProgress:
                 redirect_stderr=False,
             )
             self.live.start()
+            self._route_logging()
         elif summary_every > 0:
             self._ticker = threading.Thread(
                 target=self._tick, args=(summary_every,), name="sweeper-progress", daemon=True
@@ -303,6 +324,19 @@ class RunProgress:
             return item is not None and (item.action.value != "submit" or item.generation > 0)
         return event.kind in (_LIVE if self.live is not None else _PLAIN)
 
+    def _route_logging(self) -> None:
+        """Point the root logger's handlers that write to the display's stream at its console."""
+        writer = _ConsoleWriter(self.console)
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(writer)  # type: ignore[arg-type]
+                self._rerouted.append(handler)
+
+    def _restore_logging(self) -> None:
+        for handler in self._rerouted:
+            handler.setStream(self.stream)
+        self._rerouted.clear()
+
     def _tick(self, period: float) -> None:
         while not self._stop.wait(period):
             with self._lock:
@@ -318,6 +352,7 @@ class RunProgress:
             with self._lock:
                 self._bar.update(self._task, completed=self.tally.done)
                 self.live.stop()
+                self._restore_logging()
             self.live = None
 
     def __enter__(self) -> RunProgress:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sweeper.config import Rate
 from sweeper.journal import EventKind, RunEvent
 from sweeper.planner import PlanCounts
 from sweeper.progress import RunProgress, RunTally
+from sweeper.redact import install_redaction, uninstall_redaction
 from sweeper.state import State
 from tests.conftest import FAST_RUN
 
@@ -123,6 +125,31 @@ def test_on_a_terminal_the_display_shows_the_bar_the_counts_and_an_eta() -> None
     assert "rate-limited 1" in out and "POSTs 2/6 per min" in out
     assert "retrying" not in out  # counted, not printed
     assert EVIL not in out and "\\x1b]0;pwned\\x07" in out  # the failure line, escaped
+
+
+def test_log_lines_scroll_above_the_live_display_masked_and_escaped() -> None:
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    install_redaction(["s3cret-token-value"])
+    try:
+        console = Console(file=buffer, force_terminal=True, width=120)
+        progress = RunProgress(stream=buffer, console=console)
+        assert handler.stream is not buffer  # while live: written through the display
+        logging.getLogger("sweeper.waiter").warning(
+            "polling job group 7 failed: %s s3cret-token-value", EVIL
+        )
+        progress.close()
+        assert handler.stream is buffer  # and back when the display stops
+    finally:
+        uninstall_redaction()
+        root.removeHandler(handler)
+    out = buffer.getvalue()
+    assert "WARNING sweeper.waiter: polling job group 7 failed" in out
+    assert "s3cret-token-value" not in out and "***" in out  # the handler's filter still applies
+    assert EVIL not in out and "\\x1b]0;pwned\\x07" in out
 
 
 def _config(project: Path) -> Path:
