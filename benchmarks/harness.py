@@ -322,6 +322,44 @@ def creations(groups: Sequence[Mapping[str, Any]], n: int) -> Creations:
     )
 
 
+class HandClock:
+    """A clock the arithmetic moves by hand (``clock.now += delay``)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def sweep_in_process(
+    config_path: Path, transport: httpx.AsyncBaseTransport, *, run_id: str
+) -> int:
+    """A waiting sweep through the library, in this process, over ``transport``: its exit code."""
+    from datetime import datetime, timezone
+
+    from sweeper.config import load_config
+    from sweeper.connection import connect
+    from sweeper.ledger import Ledger
+    from sweeper.runner import run_sweep
+
+    config = load_config(config_path)
+    client = connect(config, environ={TOKEN_ENV: TOKEN}, transport=transport)
+    with Ledger.open(
+        config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
+    ) as ledger:
+        async with client:
+            summary = await run_sweep(
+                config,
+                client=client,
+                ledger=ledger,
+                run_id=run_id,
+                as_of=datetime.now(timezone.utc),
+                wait=True,
+            )
+    return summary.exit_code
+
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

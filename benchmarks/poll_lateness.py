@@ -42,13 +42,13 @@ import random
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import figures
 import httpx
-from harness import TOKEN, TOKEN_ENV, _served, scratch, write_sweep
+from harness import HandClock, _served, scratch, sweep_in_process, write_sweep
 
 from sweeper.config import RunSettings
 
@@ -113,12 +113,8 @@ class TimedTransport(httpx.AsyncBaseTransport):
 
 
 async def _run(config_path: Path, schedule: str, k: float) -> TimedTransport:
-    from sweeper.config import load_config
-    from sweeper.connection import connect
-    from sweeper.ledger import Ledger
     from sweeper.pacing import PollSchedule
     from sweeper.polling import StatusPoller
-    from sweeper.runner import run_sweep
 
     original_init = StatusPoller.__init__
     original_next = PollSchedule.next_delay
@@ -134,38 +130,15 @@ async def _run(config_path: Path, schedule: str, k: float) -> TimedTransport:
     StatusPoller.__init__ = init  # type: ignore[method-assign]
     if schedule == "backoff":
         PollSchedule.next_delay = backoff  # type: ignore[method-assign]
-    config = load_config(config_path)
     timed = TimedTransport(httpx.AsyncHTTPTransport())
-    client = connect(config, environ={TOKEN_ENV: TOKEN}, transport=timed)
     try:
-        with Ledger.open(
-            config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-        ) as ledger:
-            async with client:
-                summary = await run_sweep(
-                    config,
-                    client=client,
-                    ledger=ledger,
-                    run_id="late",
-                    as_of=datetime.now(timezone.utc),
-                    wait=True,
-                )
+        exit_code = await sweep_in_process(config_path, timed, run_id="late")
     finally:
         StatusPoller.__init__ = original_init  # type: ignore[method-assign]
         PollSchedule.next_delay = original_next  # type: ignore[method-assign]
-    if summary.exit_code != 0:
-        print(f"warning: {schedule}: the sweep ended with exit code {summary.exit_code}")
+    if exit_code != 0:
+        print(f"warning: {schedule}: the sweep ended with exit code {exit_code}")
     return timed
-
-
-class HandClock:
-    """A clock the arithmetic moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def computed(schedule: str, groups: int, seeds: int = 20) -> tuple[float, float, int]:

@@ -31,12 +31,11 @@ import random
 import re
 import statistics
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 import figures
 import httpx
-from harness import TOKEN, TOKEN_ENV, median, scratch, served_emulator, write_sweep
+from harness import HandClock, median, scratch, served_emulator, sweep_in_process, write_sweep
 
 LENGTHS = {"10 s": 10.0, "10 min": 600.0, "1 h": 3600.0}
 BASE_JOB_SECONDS = 1.5  # the emulator's created + wrangle + filewriter, one write setting
@@ -68,16 +67,6 @@ class CountingTransport(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-class HandClock:
-    """A clock the arithmetic moves by hand."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, int, int]:
     """Reads to see a job of ``seconds`` end: one by one (no jitter, mean jittered, max
     jittered), then in pages (the run-wide tick)."""
@@ -103,28 +92,10 @@ def computed(seconds: float, initial: float, cap: float) -> tuple[int, float, in
 
 
 async def _measure(config_path: Path, groups: int) -> tuple[list[int], int]:
-    from sweeper.config import load_config
-    from sweeper.connection import connect
-    from sweeper.ledger import Ledger
-    from sweeper.runner import run_sweep
-
-    config = load_config(config_path)
     counting = CountingTransport(httpx.AsyncHTTPTransport())
-    client = connect(config, environ={TOKEN_ENV: TOKEN}, transport=counting)
-    with Ledger.open(
-        config.sweep.ledger, sweep=config.sweep.name, param_names=config.matrix.param_names
-    ) as ledger:
-        async with client:
-            summary = await run_sweep(
-                config,
-                client=client,
-                ledger=ledger,
-                run_id="poll",
-                as_of=datetime.now(timezone.utc),
-                wait=True,
-            )
-    if summary.exit_code != 0:
-        print(f"warning: the sweep ended with exit code {summary.exit_code}")
+    exit_code = await sweep_in_process(config_path, counting, run_id="poll")
+    if exit_code != 0:
+        print(f"warning: the sweep ended with exit code {exit_code}")
     counts = list(counting.gets.values())
     return counts + [0] * (groups - len(counts)), counting.listings
 
